@@ -1,0 +1,418 @@
+//! The redb index: schema, reads for views, and the row updates of one registration.
+//!
+//! Values are JSON: the rows evolve with the issues to come and JSON with `serde(default)` lets a
+//! newer archive read an older database without a migration step. Keys are UIDs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use redb::{
+    Database, MultimapTableDefinition, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
+
+use super::model::{
+    InstanceRow, InstanceView, Rejection, RejectionNoteRef, SeriesInfo, StudyRow, StudyView,
+    Summary,
+};
+use crate::ipc::NewInstance;
+
+const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
+const STUDIES: TableDefinition<&str, &[u8]> = TableDefinition::new("studies");
+const STUDY_INSTANCES: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("study_instances");
+/// Rejections that name an instance not received yet: applied when it arrives.
+const PENDING_REJECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_rejections");
+/// Studies not yet stable, with the time of their last instance (ms since the epoch).
+const UNSTABLE: TableDefinition<&str, i64> = TableDefinition::new("unstable");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+pub const SCHEMA_VERSION: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("database row {key} is unreadable: {source}")]
+    Row {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("database schema version {found} is not {SCHEMA_VERSION}")]
+    Schema { found: String },
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DbError {
+            fn from(e: $t) -> Self { DbError::Redb(e.into()) }
+        }
+    )*};
+}
+redb_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, DbError> {
+    serde_json::from_slice(bytes).map_err(|source| DbError::Row {
+        key: key.to_string(),
+        source,
+    })
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("rows serialize")
+}
+
+pub struct Db {
+    db: Database,
+}
+
+/// What a registration did to the index, for the caller to finish the file side.
+#[derive(Debug, PartialEq)]
+pub enum Recorded {
+    Stored,
+    Replaced { old_file: String },
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(INSTANCES)?;
+            txn.open_table(STUDIES)?;
+            txn.open_multimap_table(STUDY_INSTANCES)?;
+            txn.open_table(PENDING_REJECTIONS)?;
+            txn.open_table(UNSTABLE)?;
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get("schema")?.map(|v| v.value().to_string());
+            match found {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(found) => return Err(DbError::Schema { found }),
+            }
+        }
+        txn.commit()?;
+        Ok(Db { db })
+    }
+
+    pub fn begin_write(&self) -> Result<WriteTransaction, DbError> {
+        Ok(self.db.begin_write()?)
+    }
+
+    fn read(&self) -> Result<ReadTransaction, DbError> {
+        Ok(self.db.begin_read()?)
+    }
+
+    pub fn instance(&self, sop: &str) -> Result<Option<InstanceRow>, DbError> {
+        let txn = self.read()?;
+        let t = txn.open_table(INSTANCES)?;
+        let v = t.get(sop)?;
+        v.map(|v| decode(sop, v.value())).transpose()
+    }
+
+    /// Every indexed file (store-relative path → SOP Instance UID), for recovery.
+    pub fn instance_files(&self) -> Result<HashMap<String, String>, DbError> {
+        let txn = self.read()?;
+        let t = txn.open_table(INSTANCES)?;
+        let mut out = HashMap::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            let row: InstanceRow = decode(k.value(), v.value())?;
+            out.insert(row.file, k.value().to_string());
+        }
+        Ok(out)
+    }
+
+    pub fn summary(&self) -> Result<Summary, DbError> {
+        let txn = self.read()?;
+        let studies = txn.open_table(STUDIES)?;
+        let mut s = Summary::default();
+        for entry in studies.iter()? {
+            let (k, v) = entry?;
+            let row: StudyRow = decode(k.value(), v.value())?;
+            s.studies += 1;
+            if row.stable {
+                s.stable_studies += 1;
+            } else {
+                s.waiting_studies += 1;
+            }
+            s.instances += u64::from(row.instances);
+            s.rejected_instances += u64::from(row.rejected);
+            s.rejection_notes += row.rejection_notes.len() as u64;
+            s.bytes += row.bytes;
+        }
+        let instances = txn.open_table(INSTANCES)?;
+        for entry in instances.iter()? {
+            let (k, v) = entry?;
+            let row: InstanceRow = decode(k.value(), v.value())?;
+            if row.missing {
+                s.missing_files += 1;
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn study(&self, study_uid: &str) -> Result<Option<StudyView>, DbError> {
+        let txn = self.read()?;
+        let studies = txn.open_table(STUDIES)?;
+        let Some(v) = studies.get(study_uid)? else {
+            return Ok(None);
+        };
+        let row: StudyRow = decode(study_uid, v.value())?;
+        let instances = txn.open_table(INSTANCES)?;
+        let index = txn.open_multimap_table(STUDY_INSTANCES)?;
+        let mut views = Vec::new();
+        for sop in index.get(study_uid)? {
+            let sop = sop?;
+            let sop = sop.value();
+            if let Some(v) = instances.get(sop)? {
+                views.push(InstanceView::from_row(sop, &decode(sop, v.value())?));
+            }
+        }
+        Ok(Some(StudyView {
+            study_uid: study_uid.to_string(),
+            has_patient_id: row.patient_id.is_some(),
+            has_accession: row.accession_number.is_some(),
+            modalities: row.modalities.into_iter().collect(),
+            series: row.series,
+            instances: views,
+            rejected: row.rejected,
+            rejection_notes: row.rejection_notes,
+            first_received_ms: row.first_received_ms,
+            last_received_ms: row.last_received_ms,
+            stable: row.stable,
+            identity_conflicts: row.identity_conflicts,
+        }))
+    }
+
+    /// Marks as stable every study quiet since `quiet_ms`; returns their UIDs.
+    pub fn settle(&self, now_ms: i64, quiet_ms: i64) -> Result<Vec<String>, DbError> {
+        let due: Vec<String> = {
+            let txn = self.read()?;
+            let t = txn.open_table(UNSTABLE)?;
+            let mut due = Vec::new();
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                if now_ms - v.value() >= quiet_ms {
+                    due.push(k.value().to_string());
+                }
+            }
+            due
+        };
+        if due.is_empty() {
+            return Ok(due);
+        }
+        let txn = self.begin_write()?;
+        {
+            let mut unstable = txn.open_table(UNSTABLE)?;
+            let mut studies = txn.open_table(STUDIES)?;
+            for uid in &due {
+                unstable.remove(uid.as_str())?;
+                let row = studies.get(uid.as_str())?.map(|v| v.value().to_vec());
+                if let Some(bytes) = row {
+                    let mut row: StudyRow = decode(uid, &bytes)?;
+                    row.stable = true;
+                    studies.insert(uid.as_str(), encode(&row).as_slice())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(due)
+    }
+
+    /// Flags rows whose file is gone (recovery); they stay indexed, so nothing is forgotten.
+    pub fn mark_missing(&self, sops: &HashSet<String>) -> Result<(), DbError> {
+        if sops.is_empty() {
+            return Ok(());
+        }
+        let txn = self.begin_write()?;
+        {
+            let mut t = txn.open_table(INSTANCES)?;
+            for sop in sops {
+                let bytes = t.get(sop.as_str())?.map(|v| v.value().to_vec());
+                if let Some(bytes) = bytes {
+                    let mut row: InstanceRow = decode(sop, &bytes)?;
+                    row.missing = true;
+                    t.insert(sop.as_str(), encode(&row).as_slice())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// Looks an instance up inside a write transaction (sees this batch's earlier writes).
+pub fn instance_in(txn: &WriteTransaction, sop: &str) -> Result<Option<InstanceRow>, DbError> {
+    let t = txn.open_table(INSTANCES)?;
+    let v = t.get(sop)?;
+    v.map(|v| decode(sop, v.value())).transpose()
+}
+
+/// Records a newly stored instance (whose file is already at `file`) and everything it implies:
+/// the study row, the study→instance index, pending or carried rejections, stability.
+pub fn record_instance(
+    txn: &WriteTransaction,
+    new: &NewInstance,
+    file: String,
+    version: u32,
+    previous: Option<&InstanceRow>,
+    now_ms: i64,
+) -> Result<Recorded, DbError> {
+    let mut instances = txn.open_table(INSTANCES)?;
+    let mut studies = txn.open_table(STUDIES)?;
+    let mut index = txn.open_multimap_table(STUDY_INSTANCES)?;
+    let mut pending = txn.open_table(PENDING_REJECTIONS)?;
+    let mut unstable = txn.open_table(UNSTABLE)?;
+
+    let sop = new.sop_instance_uid.as_str();
+    // A new version keeps a rejection already applied to the UID; a first version picks up a
+    // rejection note that arrived before it.
+    let rejected = match previous {
+        Some(p) => p.rejected.clone(),
+        None => {
+            let r = pending.remove(sop)?.map(|v| v.value().to_vec());
+            r.map(|bytes| decode::<Rejection>(sop, &bytes)).transpose()?
+        }
+    };
+    let row = InstanceRow {
+        study_uid: new.study_uid.clone(),
+        series_uid: new.series_uid.clone(),
+        sop_class_uid: new.sop_class_uid.clone(),
+        transfer_syntax: new.transfer_syntax.clone(),
+        modality: new.modality.clone(),
+        file,
+        file_size: new.file_size,
+        dataset_offset: new.dataset_offset,
+        dataset_sha256: new.dataset_sha256.clone(),
+        received_at_ms: now_ms,
+        calling_ae: new.calling_ae.clone(),
+        version,
+        rejected,
+        is_rejection_note: new.rejection.is_some(),
+        missing: false,
+    };
+
+    // Undo the previous version's contribution to its study (it may even be another study).
+    if let Some(p) = previous {
+        let bytes = studies.get(p.study_uid.as_str())?.map(|v| v.value().to_vec());
+        if let Some(bytes) = bytes {
+            let mut st: StudyRow = decode(&p.study_uid, &bytes)?;
+            if !p.is_rejection_note {
+                st.instances = st.instances.saturating_sub(1);
+                if p.rejected.is_some() {
+                    st.rejected = st.rejected.saturating_sub(1);
+                }
+                if let Some(se) = st.series.get_mut(&p.series_uid) {
+                    se.instances = se.instances.saturating_sub(1);
+                }
+            }
+            st.bytes = st.bytes.saturating_sub(p.file_size);
+            studies.insert(p.study_uid.as_str(), encode(&st).as_slice())?;
+        }
+        index.remove(p.study_uid.as_str(), sop)?;
+    }
+
+    let bytes = studies.get(new.study_uid.as_str())?.map(|v| v.value().to_vec());
+    let mut st: StudyRow = match bytes {
+        Some(b) => decode(&new.study_uid, &b)?,
+        None => StudyRow {
+            patient_id: new.patient_id.clone(),
+            patient_name: new.patient_name.clone(),
+            accession_number: new.accession_number.clone(),
+            first_received_ms: now_ms,
+            ..StudyRow::default()
+        },
+    };
+    if st.instances > 0
+        && (st.patient_id != new.patient_id || st.accession_number != new.accession_number)
+        && !row.is_rejection_note
+    {
+        st.identity_conflicts += 1;
+    }
+    st.last_received_ms = now_ms;
+    st.bytes += new.file_size;
+    st.stable = false;
+    if row.is_rejection_note {
+        let note = new.rejection.as_ref().expect("note");
+        st.rejection_notes.retain(|n| n.sop_uid != sop);
+        st.rejection_notes.push(RejectionNoteRef {
+            sop_uid: sop.to_string(),
+            code: note.code.clone(),
+            received_ms: now_ms,
+            references: note.references.len() as u32,
+        });
+    } else {
+        st.instances += 1;
+        if row.rejected.is_some() {
+            st.rejected += 1;
+        }
+        if let Some(m) = &new.modality {
+            st.modalities.insert(m.clone());
+        }
+        let se = st
+            .series
+            .entry(new.series_uid.clone())
+            .or_insert_with(SeriesInfo::default);
+        se.instances += 1;
+        if se.modality.is_none() {
+            se.modality = new.modality.clone();
+        }
+    }
+    studies.insert(new.study_uid.as_str(), encode(&st).as_slice())?;
+    index.insert(new.study_uid.as_str(), sop)?;
+    instances.insert(sop, encode(&row).as_slice())?;
+    unstable.insert(new.study_uid.as_str(), now_ms)?;
+
+    if let Some(note) = &new.rejection {
+        let rejection = Rejection {
+            code: note.code.clone(),
+            note_sop_uid: sop.to_string(),
+        };
+        for r in &note.references {
+            let target = r.sop_instance_uid.as_str();
+            let existing = instances.get(target)?.map(|v| v.value().to_vec());
+            match existing {
+                Some(bytes) => {
+                    let mut ir: InstanceRow = decode(target, &bytes)?;
+                    if ir.rejected.is_none() && !ir.is_rejection_note {
+                        ir.rejected = Some(rejection.clone());
+                        instances.insert(target, encode(&ir).as_slice())?;
+                        let sb = studies.get(ir.study_uid.as_str())?.map(|v| v.value().to_vec());
+                        if let Some(sb) = sb {
+                            let mut s2: StudyRow = decode(&ir.study_uid, &sb)?;
+                            s2.rejected += 1;
+                            s2.stable = false;
+                            studies.insert(ir.study_uid.as_str(), encode(&s2).as_slice())?;
+                            unstable.insert(ir.study_uid.as_str(), now_ms)?;
+                        }
+                    }
+                }
+                None => {
+                    pending.insert(target, encode(&rejection).as_slice())?;
+                }
+            }
+        }
+    }
+
+    Ok(match previous {
+        Some(p) => Recorded::Replaced {
+            old_file: p.file.clone(),
+        },
+        None => Recorded::Stored,
+    })
+}
+
+/// Number of rows in the instance table (tests and recovery logs).
+pub fn count_instances(db: &Db) -> Result<u64, DbError> {
+    let txn = db.read()?;
+    Ok(txn.open_table(INSTANCES)?.len()?)
+}

@@ -1,0 +1,137 @@
+//! What the archive records, as stored values (JSON in redb) and as the views it hands out.
+//!
+//! Views never carry patient names, IDs or birth dates: they feed the status page and the CLI.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// One stored instance, keyed by SOP Instance UID.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRow {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax: String,
+    pub modality: Option<String>,
+    /// Path of the file relative to the store root (`studies/<study>/<file>`).
+    pub file: String,
+    pub file_size: u64,
+    pub dataset_offset: u64,
+    pub dataset_sha256: String,
+    pub received_at_ms: i64,
+    pub calling_ae: String,
+    /// 1 for the first version; +1 each time different bytes arrive under the same UID.
+    pub version: u32,
+    pub rejected: Option<Rejection>,
+    /// This instance is itself an IOCM rejection note (never published, never counted as an image).
+    pub is_rejection_note: bool,
+    /// Indexed, but its file was gone at the last recovery.
+    pub missing: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub code: String,
+    pub note_sop_uid: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeriesInfo {
+    pub modality: Option<String>,
+    pub instances: u32,
+}
+
+/// One study, keyed by Study Instance UID.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StudyRow {
+    /// As received, from the first instance (kept for the identity checks of later issues).
+    pub patient_id: Option<String>,
+    pub patient_name: Option<String>,
+    pub accession_number: Option<String>,
+    pub modalities: BTreeSet<String>,
+    pub series: BTreeMap<String, SeriesInfo>,
+    pub first_received_ms: i64,
+    pub last_received_ms: i64,
+    /// Image (non-note) instances stored, rejected ones included.
+    pub instances: u32,
+    pub rejected: u32,
+    pub bytes: u64,
+    pub rejection_notes: Vec<RejectionNoteRef>,
+    pub stable: bool,
+    /// Different identity seen in later instances of the same study (never silently merged).
+    pub identity_conflicts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionNoteRef {
+    pub sop_uid: String,
+    pub code: String,
+    pub received_ms: i64,
+    pub references: u32,
+}
+
+/// Counters over the whole archive, for the status page and `drimbox status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub studies: u64,
+    pub stable_studies: u64,
+    pub waiting_studies: u64,
+    pub instances: u64,
+    pub rejected_instances: u64,
+    pub rejection_notes: u64,
+    pub missing_files: u64,
+    pub bytes: u64,
+}
+
+/// A study as shown to readers: UIDs and counts, no patient data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyView {
+    pub study_uid: String,
+    pub has_patient_id: bool,
+    pub has_accession: bool,
+    pub modalities: Vec<String>,
+    pub series: BTreeMap<String, SeriesInfo>,
+    pub instances: Vec<InstanceView>,
+    pub rejected: u32,
+    pub rejection_notes: Vec<RejectionNoteRef>,
+    pub first_received_ms: i64,
+    pub last_received_ms: i64,
+    pub stable: bool,
+    pub identity_conflicts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub sop_instance_uid: String,
+    pub series_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax: String,
+    pub file: String,
+    pub file_size: u64,
+    pub dataset_offset: u64,
+    pub dataset_sha256: String,
+    pub version: u32,
+    pub rejected: Option<Rejection>,
+    pub is_rejection_note: bool,
+    pub missing: bool,
+}
+
+impl InstanceView {
+    pub fn from_row(sop: &str, r: &InstanceRow) -> InstanceView {
+        InstanceView {
+            sop_instance_uid: sop.to_string(),
+            series_uid: r.series_uid.clone(),
+            sop_class_uid: r.sop_class_uid.clone(),
+            transfer_syntax: r.transfer_syntax.clone(),
+            file: r.file.clone(),
+            file_size: r.file_size,
+            dataset_offset: r.dataset_offset,
+            dataset_sha256: r.dataset_sha256.clone(),
+            version: r.version,
+            rejected: r.rejected.clone(),
+            is_rejection_note: r.is_rejection_note,
+            missing: r.missing,
+        }
+    }
+}

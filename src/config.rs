@@ -1,0 +1,576 @@
+//! The box's one configuration file (TOML), read and validated in one pass.
+//!
+//! Validation collects *every* problem instead of stopping at the first, because the person reading
+//! the output is a distributor on site with one chance to fix the file: each problem names the key
+//! (`dicom.port`) and says what is wrong with it. Unknown keys are errors, not warnings: a typo in a
+//! key would otherwise silently leave the default in force.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the box looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/drimbox/drimbox.toml";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+    pub dicom: DicomConfig,
+    pub archive: ArchiveConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    /// Holds the redb database and the file store. Must be one filesystem (atomic renames).
+    pub data_dir: PathBuf,
+    /// Unix sockets and other runtime files.
+    pub run_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub level: log::LevelFilter,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DicomConfig {
+    pub listen: IpAddr,
+    pub port: u16,
+    pub ae_title: String,
+    /// Empty: any calling AE title is accepted.
+    pub calling_ae_titles: Vec<String>,
+    pub max_associations: usize,
+    pub max_pdu: u32,
+    /// Read/write timeout of an association's socket.
+    pub timeout: Duration,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// Client certificates must chain to one of these CA certificates.
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchiveConfig {
+    /// A study is "stable" once no instance arrived for this long.
+    pub stable_after: Duration,
+}
+
+/// One problem in a configuration file, attached to the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {}", list(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(|p| format!("\n  - {p}")).collect();
+    format!("{} problem(s){}", problems.len(), lines.concat())
+}
+
+impl Config {
+    /// Reads and validates a configuration file, including the checks that touch the machine
+    /// (directories writable, TLS files readable).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        };
+        let config = Config::parse(&text).map_err(invalid)?;
+        let problems = config.check_environment();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(invalid(problems))
+        }
+    }
+
+    /// Pure part of validation: syntax, types, ranges, unknown keys, port clashes.
+    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        let root: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(vec![Problem {
+                    key: String::new(),
+                    message: format!("not valid TOML: {}", e.message().trim()),
+                }])
+            }
+        };
+        let mut r = Reader::default();
+        let mut root = r.root(root);
+
+        let mut storage = r.section(&mut root, "storage");
+        let data_dir = r.req_path(&mut storage, "storage", "data_dir");
+        let run_dir = r.opt_path(&mut storage, "storage", "run_dir");
+        r.finish(storage, "storage");
+
+        let mut logt = r.section(&mut root, "log");
+        let level = r
+            .opt_str(&mut logt, "log", "level")
+            .map(|s| match s?.parse::<log::LevelFilter>() {
+                Ok(l) => Some(l),
+                Err(_) => {
+                    r.problem("log.level", "must be one of off, error, warn, info, debug, trace");
+                    None
+                }
+            })
+            .unwrap_or(Some(log::LevelFilter::Info));
+        r.finish(logt, "log");
+
+        let mut d = r.section(&mut root, "dicom");
+        let listen = r
+            .opt_str(&mut d, "dicom", "listen")
+            .map(|s| {
+                let s = s?;
+                let parsed = s.parse::<IpAddr>().ok();
+                if parsed.is_none() {
+                    r.problem("dicom.listen", format!("`{s}` is not an IP address"));
+                }
+                parsed
+            })
+            .unwrap_or(Some(IpAddr::from([0, 0, 0, 0])));
+        let port = r.opt_port(&mut d, "dicom", "port").unwrap_or(Some(11112));
+        let ae_title = r
+            .opt_str(&mut d, "dicom", "ae_title")
+            .map(|s| r.ae_title("dicom.ae_title", s?))
+            .unwrap_or(Some("DRIMBOX".into()));
+        let calling = r.opt_str_list(&mut d, "dicom", "calling_ae_titles").map(|v| {
+            v.into_iter()
+                .enumerate()
+                .filter_map(|(i, s)| r.ae_title(&format!("dicom.calling_ae_titles[{i}]"), s))
+                .collect::<Vec<_>>()
+        });
+        let max_associations =
+            r.opt_int(&mut d, "dicom", "max_associations", 1, 1024).unwrap_or(Some(16));
+        // 4 KiB..16 MiB: the bounds dicom-ul accepts; memory per association is about this much.
+        let max_pdu = r
+            .opt_int(&mut d, "dicom", "max_pdu", 4096, 16 * 1024 * 1024)
+            .unwrap_or(Some(262_144));
+        let timeout = r
+            .opt_int(&mut d, "dicom", "timeout_seconds", 1, 3600)
+            .unwrap_or(Some(60));
+        let tls = match d.remove("tls") {
+            None => Some(None),
+            Some(v) => {
+                let mut t = r.expect_table(v, "dicom.tls");
+                let certificate = r.req_path(&mut t, "dicom.tls", "certificate");
+                let private_key = r.req_path(&mut t, "dicom.tls", "private_key");
+                let client_ca = r.req_path(&mut t, "dicom.tls", "client_ca");
+                r.finish(t, "dicom.tls");
+                match (certificate, private_key, client_ca) {
+                    (Some(certificate), Some(private_key), Some(client_ca)) => {
+                        Some(Some(TlsConfig {
+                            certificate,
+                            private_key,
+                            client_ca,
+                        }))
+                    }
+                    _ => None,
+                }
+            }
+        };
+        r.finish(d, "dicom");
+
+        let mut a = r.section(&mut root, "archive");
+        let stable_after = r
+            .opt_int(&mut a, "archive", "stable_after_seconds", 1, 7 * 24 * 3600)
+            .unwrap_or(Some(60));
+        r.finish(a, "archive");
+
+        r.finish(root, "");
+
+        // Every listening port of the box; later services add theirs here.
+        let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
+        for (key, p) in [("dicom.port", port)] {
+            if let Some(p) = p {
+                if let Some(other) = ports.insert(p, key) {
+                    r.problem(key, format!("port {p} is already used by {other}"));
+                }
+            }
+        }
+
+        if !r.problems.is_empty() {
+            return Err(r.problems);
+        }
+        let data_dir = data_dir.expect("checked");
+        Ok(Config {
+            storage: StorageConfig {
+                run_dir: run_dir.unwrap_or_else(|| data_dir.join("run")),
+                data_dir,
+            },
+            log: LogConfig {
+                level: level.expect("checked"),
+            },
+            dicom: DicomConfig {
+                listen: listen.expect("checked"),
+                port: port.expect("checked"),
+                ae_title: ae_title.expect("checked"),
+                calling_ae_titles: calling.unwrap_or_default(),
+                max_associations: max_associations.expect("checked") as usize,
+                max_pdu: max_pdu.expect("checked") as u32,
+                timeout: Duration::from_secs(timeout.expect("checked") as u64),
+                tls: tls.expect("checked"),
+            },
+            archive: ArchiveConfig {
+                stable_after: Duration::from_secs(stable_after.expect("checked") as u64),
+            },
+        })
+    }
+
+    /// Checks against the machine: directories exist (or can be made) and are writable, TLS files
+    /// can be read.
+    pub fn check_environment(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (key, dir) in [
+            ("storage.data_dir", &self.storage.data_dir),
+            ("storage.run_dir", &self.storage.run_dir),
+        ] {
+            if let Err(e) = check_writable_dir(dir) {
+                problems.push(Problem {
+                    key: key.into(),
+                    message: format!("{} is not a writable directory: {e}", dir.display()),
+                });
+            }
+        }
+        if let Some(tls) = &self.dicom.tls {
+            for (key, file) in [
+                ("dicom.tls.certificate", &tls.certificate),
+                ("dicom.tls.private_key", &tls.private_key),
+                ("dicom.tls.client_ca", &tls.client_ca),
+            ] {
+                if let Err(e) = std::fs::File::open(file) {
+                    problems.push(Problem {
+                        key: key.into(),
+                        message: format!("cannot read {}: {e}", file.display()),
+                    });
+                }
+            }
+        }
+        problems
+    }
+
+    /// The annotated default configuration a `demo` writes, for a given directory and ports.
+    pub fn demo_text(dir: &Path, dicom_port: u16, ae_title: &str) -> String {
+        format!(
+            "# Generated by `drimbox demo`; see overlay/etc/drimbox/drimbox.toml for every key.\n\
+             [storage]\n\
+             data_dir = {dir:?}\n\n\
+             [dicom]\n\
+             listen = \"127.0.0.1\"\n\
+             port = {dicom_port}\n\
+             ae_title = {ae_title:?}\n\n\
+             [archive]\n\
+             stable_after_seconds = 60\n",
+            dir = dir.join("data").display().to_string(),
+        )
+    }
+}
+
+fn check_writable_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".drimbox-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
+/// Takes keys out of TOML tables, recording a problem for each missing, mistyped or leftover key.
+#[derive(Default)]
+struct Reader {
+    problems: Vec<Problem>,
+}
+
+fn dotted(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        key.to_string()
+    } else {
+        format!("{section}.{key}")
+    }
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    v.type_str()
+}
+
+impl Reader {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn root(&mut self, t: toml::Table) -> toml::Table {
+        t
+    }
+
+    fn expect_table(&mut self, v: toml::Value, key: &str) -> toml::Table {
+        match v {
+            toml::Value::Table(t) => t,
+            other => {
+                self.problem(key, format!("must be a table, not a {}", type_name(&other)));
+                toml::Table::new()
+            }
+        }
+    }
+
+    fn section(&mut self, root: &mut toml::Table, name: &str) -> toml::Table {
+        match root.remove(name) {
+            None => toml::Table::new(),
+            Some(v) => self.expect_table(v, name),
+        }
+    }
+
+    /// Reports every key left in a table as unknown.
+    fn finish(&mut self, t: toml::Table, section: &str) {
+        for key in t.keys() {
+            let what = if section.is_empty() {
+                "unknown section or key"
+            } else {
+                "unknown key"
+            };
+            self.problem(&dotted(section, key), what);
+        }
+    }
+
+    /// `None`: absent. `Some(None)`: present but not a string (already reported), so the caller
+    /// must not fall back to a default.
+    fn opt_str(&mut self, t: &mut toml::Table, section: &str, key: &str) -> Option<Option<String>> {
+        match t.remove(key)? {
+            toml::Value::String(s) => Some(Some(s)),
+            other => {
+                self.problem(
+                    &dotted(section, key),
+                    format!("must be a string, not a {}", type_name(&other)),
+                );
+                Some(None)
+            }
+        }
+    }
+
+    fn opt_path(&mut self, t: &mut toml::Table, section: &str, key: &str) -> Option<PathBuf> {
+        let s = self.opt_str(t, section, key)??;
+        if !Path::new(&s).is_absolute() {
+            self.problem(&dotted(section, key), format!("`{s}` must be an absolute path"));
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+
+    fn req_path(&mut self, t: &mut toml::Table, section: &str, key: &str) -> Option<PathBuf> {
+        if !t.contains_key(key) {
+            self.problem(&dotted(section, key), "is required");
+            return None;
+        }
+        self.opt_path(t, section, key)
+    }
+
+    /// `None`: absent. `Some(None)`: present but invalid (already reported).
+    fn opt_int(
+        &mut self,
+        t: &mut toml::Table,
+        section: &str,
+        key: &str,
+        min: i64,
+        max: i64,
+    ) -> Option<Option<i64>> {
+        let key_name = dotted(section, key);
+        match t.remove(key)? {
+            toml::Value::Integer(i) if (min..=max).contains(&i) => Some(Some(i)),
+            toml::Value::Integer(i) => {
+                self.problem(&key_name, format!("{i} is out of range {min}..={max}"));
+                Some(None)
+            }
+            other => {
+                self.problem(
+                    &key_name,
+                    format!("must be an integer, not a {}", type_name(&other)),
+                );
+                Some(None)
+            }
+        }
+    }
+
+    fn opt_port(&mut self, t: &mut toml::Table, section: &str, key: &str) -> Option<Option<u16>> {
+        self.opt_int(t, section, key, 1, 65535)
+            .map(|v| v.map(|p| p as u16))
+    }
+
+    fn opt_str_list(
+        &mut self,
+        t: &mut toml::Table,
+        section: &str,
+        key: &str,
+    ) -> Option<Vec<String>> {
+        let key_name = dotted(section, key);
+        match t.remove(key)? {
+            toml::Value::Array(items) => {
+                let mut out = Vec::new();
+                for (i, v) in items.into_iter().enumerate() {
+                    match v {
+                        toml::Value::String(s) => out.push(s),
+                        other => self.problem(
+                            &format!("{key_name}[{i}]"),
+                            format!("must be a string, not a {}", type_name(&other)),
+                        ),
+                    }
+                }
+                Some(out)
+            }
+            other => {
+                self.problem(
+                    &key_name,
+                    format!("must be a list of strings, not a {}", type_name(&other)),
+                );
+                Some(Vec::new())
+            }
+        }
+    }
+
+    /// An AE title: 1 to 16 characters of the default repertoire, no backslash, no control
+    /// characters, not only spaces (PS3.5 6.2, VR AE).
+    fn ae_title(&mut self, key: &str, s: String) -> Option<String> {
+        let trimmed = s.trim().to_string();
+        let ok = !trimmed.is_empty()
+            && s.len() <= 16
+            && s.chars().all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\');
+        if ok {
+            Some(trimmed)
+        } else {
+            self.problem(
+                key,
+                format!(
+                    "`{s}` is not a valid AE title (1-16 ASCII characters, no backslash, not blank)"
+                ),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = Config::parse("[storage]\ndata_dir = \"/var/lib/drimbox\"\n").unwrap();
+        assert_eq!(c.dicom.port, 11112);
+        assert_eq!(c.dicom.ae_title, "DRIMBOX");
+        assert_eq!(c.storage.run_dir, PathBuf::from("/var/lib/drimbox/run"));
+        assert_eq!(c.archive.stable_after, Duration::from_secs(60));
+        assert!(c.dicom.tls.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+            colour = "blue"
+            [storage]
+            data_dir = "relative/dir"
+            [dicom]
+            port = "104"
+            ae_title = "THIS AE TITLE IS FAR TOO LONG"
+            calling_ae_titles = ["OK", "BAD\\AE", 3]
+            max_pdu = 10
+            typo_key = 1
+            [log]
+            level = "loud"
+        "#;
+        let problems = Config::parse(text).unwrap_err();
+        let k = keys(&problems);
+        for expected in [
+            "colour",
+            "storage.data_dir",
+            "dicom.port",
+            "dicom.ae_title",
+            "dicom.calling_ae_titles[1]",
+            "dicom.calling_ae_titles[2]",
+            "dicom.max_pdu",
+            "dicom.typo_key",
+            "log.level",
+        ] {
+            assert!(k.contains(&expected), "missing {expected} in {k:?}");
+        }
+        let port = problems.iter().find(|p| p.key == "dicom.port").unwrap();
+        assert!(port.message.contains("integer"), "{port}");
+    }
+
+    #[test]
+    fn missing_data_dir_is_named() {
+        let problems = Config::parse("[dicom]\nport = 104\n").unwrap_err();
+        assert_eq!(keys(&problems), ["storage.data_dir"]);
+    }
+
+    #[test]
+    fn tls_needs_all_three_files() {
+        let problems = Config::parse(
+            "[storage]\ndata_dir=\"/d\"\n[dicom.tls]\ncertificate=\"/c.pem\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&problems),
+            ["dicom.tls.private_key", "dicom.tls.client_ca"]
+        );
+    }
+
+    #[test]
+    fn broken_toml_is_one_problem() {
+        let problems = Config::parse("[storage\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains("TOML"));
+    }
+
+    #[test]
+    fn demo_text_parses() {
+        let text = Config::demo_text(Path::new("/tmp/x"), 11112, "DRIMBOX");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.storage.data_dir, PathBuf::from("/tmp/x/data"));
+    }
+
+    #[test]
+    fn unwritable_directory_is_reported() {
+        let mut c = Config::parse("[storage]\ndata_dir = \"/proc/drimbox\"\n").unwrap();
+        c.storage.run_dir = PathBuf::from("/proc/drimbox-run");
+        let problems = c.check_environment();
+        assert_eq!(keys(&problems), ["storage.data_dir", "storage.run_dir"]);
+    }
+}

@@ -1,0 +1,274 @@
+//! The typed, versioned request/response protocol between the archive and the other services.
+//!
+//! Transport: a Unix stream socket per caller role (`<run_dir>/archive-<role>.sock`), so that the
+//! filesystem permissions of the socket decide who may ask what (Postfix's model: the socket is
+//! the capability). Each message is a frame: a 4-byte big-endian length, then a JSON document.
+//! JSON keeps the protocol readable with `socat` while debugging a box on site, and costs little
+//! next to an fsync. The first frame on a connection is a [`Hello`] carrying [`PROTOCOL_VERSION`];
+//! an archive that does not speak that version says so and closes.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Frames larger than this are refused: nothing in the protocol needs more.
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+
+/// Who is calling. Each role has its own socket and its own set of allowed requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Receiver,
+    /// Read-only views for `drimbox status`, the status page and tests.
+    Reader,
+}
+
+impl Role {
+    pub const ALL: [Role; 2] = [Role::Receiver, Role::Reader];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Receiver => "receiver",
+            Role::Reader => "reader",
+        }
+    }
+
+    pub fn socket_path(self, run_dir: &Path) -> PathBuf {
+        run_dir.join(format!("archive-{}.sock", self.name()))
+    }
+
+    pub fn allows(self, request: &Request) -> bool {
+        match request {
+            Request::RegisterInstance(_) => self == Role::Receiver,
+            Request::Ping | Request::Summary | Request::Study { .. } => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    /// A fully received, fsync'd instance waits in the staging directory: move it into the store
+    /// and index it, durably, then answer.
+    RegisterInstance(Box<NewInstance>),
+    Summary,
+    Study { study_uid: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Pong,
+    Registered(RegisterOutcome),
+    Summary(crate::archive::model::Summary),
+    Study(Option<crate::archive::model::StudyView>),
+    Error(ArchiveFailure),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegisterOutcome {
+    /// New instance, now durable.
+    Stored,
+    /// The same bytes were already stored: nothing rewritten.
+    Duplicate,
+    /// Same SOP Instance UID, different bytes: the new version replaced the old one.
+    Replaced,
+}
+
+/// Why the archive could not do what was asked. `kind` drives the DICOM status the receiver
+/// answers; `message` is for the log (no patient data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct ArchiveFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Disk full, quota, I/O error: out of resources (DICOM A700).
+    Resources,
+    /// The request itself is wrong (bad staging name, bad UID): cannot understand (C000).
+    Invalid,
+    /// This role may not make this request.
+    Forbidden,
+    /// The caller speaks another protocol version.
+    Version,
+}
+
+/// Everything the receiver learned about a received instance. Patient fields travel here and are
+/// stored, but are never logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewInstance {
+    /// File name inside the staging directory (no path separators).
+    pub staging_name: String,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub transfer_syntax: String,
+    pub modality: Option<String>,
+    pub patient_id: Option<String>,
+    pub patient_name: Option<String>,
+    pub accession_number: Option<String>,
+    /// Size of the stored file (meta header + data set).
+    pub file_size: u64,
+    /// Offset of the data set in the stored file (after preamble and meta header).
+    pub dataset_offset: u64,
+    /// SHA-256 of the data set bytes exactly as received, hex.
+    pub dataset_sha256: String,
+    pub calling_ae: String,
+    /// Set when the instance is an IOCM rejection note.
+    pub rejection: Option<RejectionNote>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejectionNote {
+    /// Document title code value (113001, 113037, 113038 or 113039).
+    pub code: String,
+    pub references: Vec<InstanceRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRef {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_instance_uid: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("archive socket {path}: {source}")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("archive connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("archive refused: {0}")]
+    Refused(ArchiveFailure),
+}
+
+pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), IpcError> {
+    let body = serde_json::to_vec(msg).map_err(|e| IpcError::Malformed(e.to_string()))?;
+    if body.len() > MAX_FRAME {
+        return Err(IpcError::Malformed(format!("frame of {} bytes", body.len())));
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf)?;
+    Ok(())
+}
+
+/// Reads one frame. `Ok(None)` on a clean end of stream before a frame starts.
+pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, IpcError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(IpcError::Malformed(format!("frame of {len} bytes")));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| IpcError::Malformed(e.to_string()))
+}
+
+/// A blocking connection to the archive, one request at a time.
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    pub fn connect(run_dir: &Path, role: Role, timeout: Duration) -> Result<Client, IpcError> {
+        let path = role.socket_path(run_dir);
+        let stream = UnixStream::connect(&path).map_err(|source| IpcError::Connect {
+            path: path.clone(),
+            source,
+        })?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut client = Client { stream };
+        write_frame(
+            &mut client.stream,
+            &Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )?;
+        match client.call(&Request::Ping)? {
+            Response::Pong => Ok(client),
+            other => Err(IpcError::Malformed(format!("expected pong, got {other:?}"))),
+        }
+    }
+
+    /// Sends a request and waits for its answer; an archive-side refusal is `IpcError::Refused`.
+    pub fn call(&mut self, request: &Request) -> Result<Response, IpcError> {
+        write_frame(&mut self.stream, request)?;
+        match read_frame::<Response>(&mut self.stream)? {
+            None => Err(IpcError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Some(Response::Error(f)) => Err(IpcError::Refused(f)),
+            Some(r) => Ok(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_roundtrip_and_limits() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::Summary).unwrap();
+        let back: Request = read_frame(&mut buf.as_slice()).unwrap().unwrap();
+        assert_eq!(back, Request::Summary);
+        assert!(read_frame::<Request>(&mut [].as_slice()).unwrap().is_none());
+        let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert!(matches!(
+            read_frame::<Request>(&mut huge.as_slice()),
+            Err(IpcError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn reader_cannot_register() {
+        let req = Request::RegisterInstance(Box::new(NewInstance {
+            staging_name: "x".into(),
+            sop_class_uid: "1.2".into(),
+            sop_instance_uid: "1.2.3".into(),
+            study_uid: "1".into(),
+            series_uid: "2".into(),
+            transfer_syntax: "1.2.840.10008.1.2".into(),
+            modality: None,
+            patient_id: None,
+            patient_name: None,
+            accession_number: None,
+            file_size: 0,
+            dataset_offset: 0,
+            dataset_sha256: String::new(),
+            calling_ae: "A".into(),
+            rejection: None,
+        }));
+        assert!(!Role::Reader.allows(&req));
+        assert!(Role::Receiver.allows(&req));
+        assert!(Role::Reader.allows(&Request::Summary));
+    }
+}

@@ -1,0 +1,243 @@
+//! `drimbox`: the one binary of the box. Each subcommand is a thin shell over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use drimbox::config::{self, Config};
+use drimbox::ipc::{self, Request, Response, Role};
+
+#[derive(Parser)]
+#[command(name = "drimbox", version, about = "DRIMbox appliance firmware")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the supervisor and every service (the systemd service).
+    Run {
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Run the whole box in a local directory with a generated configuration, in the foreground.
+    Demo {
+        #[arg(long, default_value = "drimbox-demo")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 11112)]
+        dicom_port: u16,
+        #[arg(long, default_value = "DRIMBOX")]
+        ae_title: String,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Archive counters (exit status 0 when the archive answers).
+    Status {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One study as the archive knows it (UIDs and counts, no patient data), as JSON.
+    Study {
+        study_uid: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run one service (started by the supervisor, not by hand).
+    #[command(hide = true)]
+    Service {
+        name: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check a configuration file and print every problem in it.
+    Check { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// The box's configuration file.
+    #[arg(long, conflicts_with = "dir")]
+    config: Option<PathBuf>,
+    /// A demo's directory (uses DIR/drimbox.toml).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl Target {
+    fn config_path(&self) -> PathBuf {
+        match (&self.config, &self.dir) {
+            (Some(c), _) => c.clone(),
+            (None, Some(d)) => d.join("drimbox.toml"),
+            (None, None) => PathBuf::from(config::DEFAULT_CONFIG_PATH),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("drimbox: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+    }
+    Ok(stop)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Cmd::Config {
+            command: ConfigCmd::Check { file },
+        } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: OK", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Cmd::Run { config } => supervise(&config),
+        Cmd::Demo {
+            dir,
+            dicom_port,
+            ae_title,
+        } => demo(&dir, dicom_port, &ae_title),
+        Cmd::Service { name, config } => service(&name, &config),
+        Cmd::Status { target, json } => status(&target, json),
+        Cmd::Study { study_uid, target } => study(&target, &study_uid),
+    }
+}
+
+fn supervise(config_path: &Path) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    drimbox::logging::init("supervisor", config.log.level);
+    let stop = stop_flag()?;
+    drimbox::supervisor::Supervisor::new(config_path, config).run(stop)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(dir: &Path, dicom_port: u16, ae_title: &str) -> Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    let config_path = dir.join("drimbox.toml");
+    let text = Config::demo_text(&dir, dicom_port, ae_title);
+    if let Err(problems) = Config::parse(&text) {
+        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        bail!("invalid demo settings: {}", list.join("; "));
+    }
+    std::fs::write(&config_path, text)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let config = Config::load(&config_path)?;
+    println!("DRIMbox demo");
+    println!("  configuration : {}", config_path.display());
+    println!(
+        "  DICOM         : AE title {} at 127.0.0.1:{}  (e.g. storescu -aec {} 127.0.0.1 {} FILES)",
+        config.dicom.ae_title, config.dicom.port, config.dicom.ae_title, config.dicom.port
+    );
+    println!(
+        "  data lands in : {}/studies/<StudyInstanceUID>/<SOPInstanceUID>.dcm",
+        config.storage.data_dir.display()
+    );
+    println!("  stop with Ctrl-C");
+    supervise(&config_path)
+}
+
+fn service(name: &str, config_path: &Path) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let stop = stop_flag()?;
+    match name {
+        "archive" => {
+            drimbox::logging::init("archive", config.log.level);
+            drimbox::archive::run(&config, stop)?;
+        }
+        "receiver" => {
+            drimbox::logging::init("receiver", config.log.level);
+            drimbox::dicom::scp::run(&config, stop)?;
+        }
+        other => bail!("unknown service `{other}`"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reader(target: &Target) -> Result<ipc::Client> {
+    let path = target.config_path();
+    let config = Config::parse(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .map_err(|p| anyhow::anyhow!("{}: {} problem(s), run `drimbox config check`", path.display(), p.len()))?;
+    Ok(ipc::Client::connect(
+        &config.storage.run_dir,
+        Role::Reader,
+        Duration::from_secs(10),
+    )?)
+}
+
+fn status(target: &Target, json: bool) -> Result<ExitCode> {
+    let mut client = reader(target)?;
+    let Response::Summary(s) = client.call(&Request::Summary)? else {
+        bail!("unexpected answer from the archive");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "archive: {} studies ({} stable, {} waiting), {} instances ({} rejected), {} rejection notes, {} bytes, {} missing files",
+            s.studies,
+            s.stable_studies,
+            s.waiting_studies,
+            s.instances,
+            s.rejected_instances,
+            s.rejection_notes,
+            s.bytes,
+            s.missing_files
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn study(target: &Target, study_uid: &str) -> Result<ExitCode> {
+    let mut client = reader(target)?;
+    let Response::Study(s) = client.call(&Request::Study {
+        study_uid: study_uid.to_string(),
+    })?
+    else {
+        bail!("unexpected answer from the archive");
+    };
+    match s {
+        Some(s) => {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("no study {study_uid} in the archive");
+            Ok(ExitCode::from(3))
+        }
+    }
+}
