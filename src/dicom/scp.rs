@@ -198,6 +198,27 @@ fn handle(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
             Err(e) => log::warn!("association from {peer} not established (TLS): {e}"),
         }
     } else {
+        // dicom-ul 0.10.1 (with its sync-tls feature) spins forever when the first read of a
+        // plain association times out with nothing received: it then probes the empty buffer
+        // for a TLS ClientHello in a loop that never ends. So the first byte is awaited here,
+        // under the socket's read timeout, and must be an A-ASSOCIATE-RQ (PDU type 01).
+        let mut first = [0u8; 1];
+        match stream.peek(&mut first) {
+            Ok(1) if first[0] == 0x01 => {}
+            Ok(1) if first[0] == 0x16 => {
+                log::warn!("connection from {peer} speaks TLS to the plain DICOM port; closed");
+                return;
+            }
+            Ok(1) => {
+                log::warn!("connection from {peer} is not a DICOM association request; closed");
+                return;
+            }
+            Ok(_) => return,
+            Err(e) => {
+                log::warn!("connection from {peer} sent nothing ({}); closing", e.kind());
+                return;
+            }
+        }
         match shared.options.establish(stream) {
             Ok(assoc) => serve(assoc, peer, shared),
             Err(e) => log::warn!("association from {peer} not established: {e}"),

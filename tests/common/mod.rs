@@ -1,0 +1,408 @@
+//! Shared harness of the integration tests: a real `drimbox run` in a temporary directory, and
+//! the real peers (DCMTK, pynetdicom via tests/peers/pyscu.py, the agency's samples).
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const AET: &str = "DRIMBOX";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_drimbox")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared` beside the clone (CI puts it there).
+pub fn shared() -> PathBuf {
+    let p = repo().join("../shared");
+    assert!(p.is_dir(), "shared/ must sit beside the repository: {}", p.display());
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Settings a test may change; everything else is the box's default.
+#[derive(Clone)]
+pub struct Settings {
+    pub max_associations: u32,
+    pub timeout_seconds: u32,
+    pub calling_ae_titles: Vec<String>,
+    pub stable_after_seconds: u32,
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    pub max_pdu: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_associations: 16,
+            timeout_seconds: 30,
+            calling_ae_titles: Vec::new(),
+            stable_after_seconds: 60,
+            tls: None,
+            max_pdu: 262_144,
+        }
+    }
+}
+
+pub struct DrimBox {
+    pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    log_path: PathBuf,
+    /// Calling AE title the readiness probe uses (one the box accepts).
+    probe_ae: String,
+}
+
+impl DrimBox {
+    pub fn start(s: Settings) -> DrimBox {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        DrimBox::start_in(dir, data, s)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, data_dir: PathBuf, s: Settings) -> DrimBox {
+        let port = free_port();
+        let calling: Vec<String> = s
+            .calling_ae_titles
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect();
+        let mut text = format!(
+            "[storage]\ndata_dir = {:?}\nrun_dir = {:?}\n\n[log]\nlevel = \"debug\"\n\n\
+             [dicom]\nlisten = \"127.0.0.1\"\nport = {port}\nae_title = \"{AET}\"\n\
+             max_associations = {}\ntimeout_seconds = {}\ncalling_ae_titles = [{}]\nmax_pdu = {}\n",
+            data_dir.display().to_string(),
+            dir.path().join("run").display().to_string(),
+            s.max_associations,
+            s.timeout_seconds,
+            calling.join(", "),
+            s.max_pdu,
+        );
+        if let Some((cert, key, ca)) = &s.tls {
+            text += &format!(
+                "\n[dicom.tls]\ncertificate = {:?}\nprivate_key = {:?}\nclient_ca = {:?}\n",
+                cert.display().to_string(),
+                key.display().to_string(),
+                ca.display().to_string()
+            );
+        }
+        text += &format!("\n[archive]\nstable_after_seconds = {}\n", s.stable_after_seconds);
+        let config_path = dir.path().join("drimbox.toml");
+        fs::write(&config_path, text).unwrap();
+        let log_path = dir.path().join("drimbox.log");
+        let mut b = DrimBox {
+            probe_ae: s
+                .calling_ae_titles
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "ECHOSCU".into()),
+            data_dir,
+            config_path,
+            port,
+            child: None,
+            log_path,
+            dir,
+        };
+        b.launch();
+        b
+    }
+
+    /// Starts `drimbox run` and waits until it answers C-ECHO.
+    pub fn launch(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if echoscu(self.port, AET, &["-aet", &self.probe_ae]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("drimbox not ready on port {}:\n{}", self.port, self.log());
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("drimbox did not stop within 30 s");
+        }
+    }
+
+    /// PID of one service process (`archive`, `receiver`) of this box.
+    pub fn service_pid(&self, name: &str) -> Option<i32> {
+        let needle = format!("service\0{name}\0--config\0{}\0", self.config_path.display());
+        for e in fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
+                if String::from_utf8_lossy(&cmd).contains(&needle) {
+                    return Some(pid);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits for a service to be running with a PID other than `old`.
+    pub fn wait_service_restarted(&self, name: &str, old: i32) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(p) = self.service_pid(name) {
+                if p != old {
+                    return p;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{name} not restarted:\n{}", self.log());
+    }
+
+    /// `drimbox study UID`: the archive's view of a study, or None.
+    pub fn study(&self, uid: &str) -> Option<serde_json::Value> {
+        let out = Command::new(bin())
+            .args(["study", uid, "--config"])
+            .arg(&self.config_path)
+            .output()
+            .unwrap();
+        if out.status.code() == Some(3) {
+            return None;
+        }
+        assert!(
+            out.status.success(),
+            "drimbox study failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    pub fn summary(&self) -> serde_json::Value {
+        let out = Command::new(bin())
+            .args(["status", "--json", "--config"])
+            .arg(&self.config_path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn staging_files(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.data_dir.join("staging"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn stored_path(&self, rel: &str) -> PathBuf {
+        self.data_dir.join(rel)
+    }
+}
+
+impl Drop for DrimBox {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn dcmtk(tool: &str) -> Command {
+    // pip's pynetdicom installs look-alike `storescu`/`echoscu` earlier in PATH: use DCMTK's.
+    let mut c = Command::new(format!("/usr/bin/{tool}"));
+    c.env("TCP_NODELAY", "1");
+    c
+}
+
+pub fn echoscu(port: u16, called: &str, extra: &[&str]) -> Output {
+    dcmtk("echoscu")
+        .args(extra)
+        .args(["-aec", called, "-to", "5", "127.0.0.1", &port.to_string()])
+        .output()
+        .unwrap()
+}
+
+pub fn storescu(port: u16, args: &[&str]) -> Output {
+    dcmtk("storescu")
+        .args(["-aec", AET, "-to", "30", "-ta", "30", "-td", "60"])
+        .args(args)
+        .args(["127.0.0.1", &port.to_string()])
+        .output()
+        .unwrap()
+}
+
+pub fn storescu_files(port: u16, opts: &[&str], files: &[PathBuf]) -> Output {
+    let mut args: Vec<String> = opts.iter().map(|s| s.to_string()).collect();
+    args.extend(["-aec".into(), AET.into(), "127.0.0.1".into(), port.to_string()]);
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    dcmtk("storescu").args(&args).output().unwrap()
+}
+
+pub fn dcmsend(port: u16, files: &[PathBuf]) -> Output {
+    dcmtk("dcmsend")
+        .args(["-aec", AET, "127.0.0.1", &port.to_string()])
+        .args(files)
+        .output()
+        .unwrap()
+}
+
+pub fn pyscu(args: &[&str]) -> Output {
+    Command::new("python3")
+        .arg(repo().join("tests/peers/pyscu.py"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Generates a synthetic study with the company's generator (shared/bench/gen_study.py).
+pub fn gen_study(out: &Path, count: u32, ts: &str, seed: &str, rows: u32) -> Vec<PathBuf> {
+    let o = Command::new("python3")
+        .arg(shared().join("bench/gen_study.py"))
+        .args(["--out"])
+        .arg(out)
+        .args([
+            "--count",
+            &count.to_string(),
+            "--ts",
+            ts,
+            "--seed",
+            seed,
+            "--rows",
+            &rows.to_string(),
+            "--cols",
+            &rows.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "gen_study: {}", text(&o));
+    files_in(out)
+}
+
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The data set bytes of a Part 10 file (everything after the file meta group).
+pub fn dataset_bytes(path: &Path) -> Vec<u8> {
+    let b = fs::read(path).unwrap();
+    assert_eq!(&b[128..132], b"DICM", "{} is not Part 10", path.display());
+    let gl = u32::from_le_bytes(b[140..144].try_into().unwrap()) as usize;
+    b[144 + gl..].to_vec()
+}
+
+pub struct Uids {
+    pub study: String,
+    pub series: String,
+    pub sop: String,
+}
+
+pub fn uids(path: &Path) -> Uids {
+    let i = drimbox::dicom::inspect::inspect_file(path).unwrap();
+    Uids {
+        study: i.study_uid.unwrap(),
+        series: i.series_uid.unwrap(),
+        sop: i.sop_instance_uid.unwrap(),
+    }
+}
+
+/// Instance entry of a study view by SOP Instance UID.
+pub fn instance<'a>(view: &'a serde_json::Value, sop: &str) -> Option<&'a serde_json::Value> {
+    view["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["sop_instance_uid"] == sop)
+}
+
+/// Checks that every file was stored with its data set byte for byte.
+pub fn assert_stored_identical(b: &DrimBox, files: &[PathBuf]) {
+    for f in files {
+        let u = uids(f);
+        let view = b
+            .study(&u.study)
+            .unwrap_or_else(|| panic!("study {} missing", u.study));
+        let inst = instance(&view, &u.sop).unwrap_or_else(|| panic!("{} not indexed", u.sop));
+        let stored = b.stored_path(inst["file"].as_str().unwrap());
+        assert_eq!(
+            dataset_bytes(&stored),
+            dataset_bytes(f),
+            "{} differs from what was sent",
+            f.display()
+        );
+    }
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
