@@ -20,6 +20,16 @@ pub struct Config {
     pub log: LogConfig,
     pub dicom: DicomConfig,
     pub archive: ArchiveConfig,
+    pub supervisor: SupervisorConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorConfig {
+    /// This many exits of one service within `crash_loop_window` mark it failed.
+    pub crash_loop_count: usize,
+    pub crash_loop_window: Duration,
+    /// Ceiling of the exponential restart backoff.
+    pub restart_backoff_max: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -212,6 +222,18 @@ impl Config {
             .unwrap_or(Some(60));
         r.finish(a, "archive");
 
+        let mut sv = r.section(&mut root, "supervisor");
+        let crash_loop_count = r
+            .opt_int(&mut sv, "supervisor", "crash_loop_count", 2, 1000)
+            .unwrap_or(Some(5));
+        let crash_loop_window = r
+            .opt_int(&mut sv, "supervisor", "crash_loop_window_seconds", 1, 86_400)
+            .unwrap_or(Some(60));
+        let backoff_max = r
+            .opt_int(&mut sv, "supervisor", "restart_backoff_max_seconds", 1, 3600)
+            .unwrap_or(Some(30));
+        r.finish(sv, "supervisor");
+
         r.finish(root, "");
 
         // Every listening port of the box; later services add theirs here.
@@ -248,6 +270,11 @@ impl Config {
             },
             archive: ArchiveConfig {
                 stable_after: Duration::from_secs(stable_after.expect("checked") as u64),
+            },
+            supervisor: SupervisorConfig {
+                crash_loop_count: crash_loop_count.expect("checked") as usize,
+                crash_loop_window: Duration::from_secs(crash_loop_window.expect("checked") as u64),
+                restart_backoff_max: Duration::from_secs(backoff_max.expect("checked") as u64),
             },
         })
     }

@@ -53,11 +53,17 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(config_path: &Path, config: Config) -> Supervisor {
+        let policy = RestartPolicy {
+            crash_loop_count: config.supervisor.crash_loop_count,
+            crash_loop_window: config.supervisor.crash_loop_window,
+            max: config.supervisor.restart_backoff_max,
+            ..RestartPolicy::default()
+        };
         Supervisor {
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("drimbox")),
             config_path: config_path.to_owned(),
             config,
-            policy: RestartPolicy::default(),
+            policy,
             epoch: Instant::now(),
         }
     }

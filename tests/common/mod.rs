@@ -42,6 +42,7 @@ pub struct Settings {
     pub stable_after_seconds: u32,
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
     pub max_pdu: u32,
+    pub crash_loop_count: u32,
 }
 
 impl Default for Settings {
@@ -53,6 +54,7 @@ impl Default for Settings {
             stable_after_seconds: 60,
             tls: None,
             max_pdu: 262_144,
+            crash_loop_count: 5,
         }
     }
 }
@@ -101,7 +103,11 @@ impl DrimBox {
                 ca.display().to_string()
             );
         }
-        text += &format!("\n[archive]\nstable_after_seconds = {}\n", s.stable_after_seconds);
+        text += &format!(
+            "\n[archive]\nstable_after_seconds = {}\n\n[supervisor]\ncrash_loop_count = {}\n\
+             restart_backoff_max_seconds = 2\n",
+            s.stable_after_seconds, s.crash_loop_count
+        );
         let config_path = dir.path().join("drimbox.toml");
         fs::write(&config_path, text).unwrap();
         let log_path = dir.path().join("drimbox.log");
