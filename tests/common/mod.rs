@@ -43,6 +43,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
     pub max_pdu: u32,
     pub crash_loop_count: u32,
+    /// Extra echoscu arguments for the readiness probe (TLS client certificate).
+    pub probe_args: Vec<String>,
 }
 
 impl Default for Settings {
@@ -55,6 +57,7 @@ impl Default for Settings {
             tls: None,
             max_pdu: 262_144,
             crash_loop_count: 5,
+            probe_args: Vec::new(),
         }
     }
 }
@@ -68,6 +71,7 @@ pub struct DrimBox {
     log_path: PathBuf,
     /// Calling AE title the readiness probe uses (one the box accepts).
     probe_ae: String,
+    probe_args: Vec<String>,
 }
 
 impl DrimBox {
@@ -117,6 +121,7 @@ impl DrimBox {
                 .first()
                 .cloned()
                 .unwrap_or_else(|| "ECHOSCU".into()),
+            probe_args: s.probe_args.clone(),
             data_dir,
             config_path,
             port,
@@ -149,7 +154,9 @@ impl DrimBox {
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if echoscu(self.port, AET, &["-aet", &self.probe_ae]).status.success() {
+            let mut args = vec!["-aet", self.probe_ae.as_str()];
+            args.extend(self.probe_args.iter().map(|s| s.as_str()));
+            if echoscu(self.port, AET, &args).status.success() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
