@@ -155,7 +155,10 @@ impl Config {
             .map(|s| match s?.parse::<log::LevelFilter>() {
                 Ok(l) => Some(l),
                 Err(_) => {
-                    r.problem("log.level", "must be one of off, error, warn, info, debug, trace");
+                    r.problem(
+                        "log.level",
+                        "must be one of off, error, warn, info, debug, trace",
+                    );
                     None
                 }
             })
@@ -179,14 +182,17 @@ impl Config {
             .opt_str(&mut d, "dicom", "ae_title")
             .map(|s| r.ae_title("dicom.ae_title", s?))
             .unwrap_or(Some("DRIMBOX".into()));
-        let calling = r.opt_str_list(&mut d, "dicom", "calling_ae_titles").map(|v| {
-            v.into_iter()
-                .enumerate()
-                .filter_map(|(i, s)| r.ae_title(&format!("dicom.calling_ae_titles[{i}]"), s))
-                .collect::<Vec<_>>()
-        });
-        let max_associations =
-            r.opt_int(&mut d, "dicom", "max_associations", 1, 1024).unwrap_or(Some(16));
+        let calling = r
+            .opt_str_list(&mut d, "dicom", "calling_ae_titles")
+            .map(|v| {
+                v.into_iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| r.ae_title(&format!("dicom.calling_ae_titles[{i}]"), s))
+                    .collect::<Vec<_>>()
+            });
+        let max_associations = r
+            .opt_int(&mut d, "dicom", "max_associations", 1, 1024)
+            .unwrap_or(Some(16));
         // 4 KiB..16 MiB: the bounds dicom-ul accepts; memory per association is about this much.
         let max_pdu = r
             .opt_int(&mut d, "dicom", "max_pdu", 4096, 16 * 1024 * 1024)
@@ -227,10 +233,22 @@ impl Config {
             .opt_int(&mut sv, "supervisor", "crash_loop_count", 2, 1000)
             .unwrap_or(Some(5));
         let crash_loop_window = r
-            .opt_int(&mut sv, "supervisor", "crash_loop_window_seconds", 1, 86_400)
+            .opt_int(
+                &mut sv,
+                "supervisor",
+                "crash_loop_window_seconds",
+                1,
+                86_400,
+            )
             .unwrap_or(Some(60));
         let backoff_max = r
-            .opt_int(&mut sv, "supervisor", "restart_backoff_max_seconds", 1, 3600)
+            .opt_int(
+                &mut sv,
+                "supervisor",
+                "restart_backoff_max_seconds",
+                1,
+                3600,
+            )
             .unwrap_or(Some(30));
         r.finish(sv, "supervisor");
 
@@ -412,7 +430,10 @@ impl Reader {
     fn opt_path(&mut self, t: &mut toml::Table, section: &str, key: &str) -> Option<PathBuf> {
         let s = self.opt_str(t, section, key)??;
         if !Path::new(&s).is_absolute() {
-            self.problem(&dotted(section, key), format!("`{s}` must be an absolute path"));
+            self.problem(
+                &dotted(section, key),
+                format!("`{s}` must be an absolute path"),
+            );
             return None;
         }
         Some(PathBuf::from(s))
@@ -494,7 +515,8 @@ impl Reader {
         let trimmed = s.trim().to_string();
         let ok = !trimmed.is_empty()
             && s.len() <= 16
-            && s.chars().all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\');
+            && s.chars()
+                .all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\');
         if ok {
             Some(trimmed)
         } else {
@@ -569,10 +591,9 @@ mod tests {
 
     #[test]
     fn tls_needs_all_three_files() {
-        let problems = Config::parse(
-            "[storage]\ndata_dir=\"/d\"\n[dicom.tls]\ncertificate=\"/c.pem\"\n",
-        )
-        .unwrap_err();
+        let problems =
+            Config::parse("[storage]\ndata_dir=\"/d\"\n[dicom.tls]\ncertificate=\"/c.pem\"\n")
+                .unwrap_err();
         assert_eq!(
             keys(&problems),
             ["dicom.tls.private_key", "dicom.tls.client_ca"]

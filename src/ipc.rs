@@ -63,7 +63,9 @@ pub enum Request {
     /// and index it, durably, then answer.
     RegisterInstance(Box<NewInstance>),
     Summary,
-    Study { study_uid: String },
+    Study {
+        study_uid: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,7 +166,10 @@ pub enum IpcError {
 pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), IpcError> {
     let body = serde_json::to_vec(msg).map_err(|e| IpcError::Malformed(e.to_string()))?;
     if body.len() > MAX_FRAME {
-        return Err(IpcError::Malformed(format!("frame of {} bytes", body.len())));
+        return Err(IpcError::Malformed(format!(
+            "frame of {} bytes",
+            body.len()
+        )));
     }
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());

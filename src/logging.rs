@@ -44,7 +44,8 @@ fn timestamp() -> String {
 /// SERVICE field).
 pub fn init(service: &'static str, level: log::LevelFilter) {
     log::set_max_level(level);
-    if std::env::var_os("JOURNAL_STREAM").is_some() && systemd_journal_logger::connected_to_journal()
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && systemd_journal_logger::connected_to_journal()
     {
         if let Ok(j) = systemd_journal_logger::JournalLog::new() {
             let j = j

@@ -191,7 +191,13 @@ fn reader(target: &Target) -> Result<ipc::Client> {
     let config = Config::parse(
         &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
     )
-    .map_err(|p| anyhow::anyhow!("{}: {} problem(s), run `drimbox config check`", path.display(), p.len()))?;
+    .map_err(|p| {
+        anyhow::anyhow!(
+            "{}: {} problem(s), run `drimbox config check`",
+            path.display(),
+            p.len()
+        )
+    })?;
     Ok(ipc::Client::connect(
         &config.storage.run_dir,
         Role::Reader,

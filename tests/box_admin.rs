@@ -14,7 +14,11 @@ fn config_check(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("drimbox.toml");
     fs::write(&f, text).unwrap();
-    let o = Command::new(bin()).args(["config", "check"]).arg(&f).output().unwrap();
+    let o = Command::new(bin())
+        .args(["config", "check"])
+        .arg(&f)
+        .output()
+        .unwrap();
     (
         o.status.success(),
         String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
@@ -47,7 +51,10 @@ fn config_check_names_every_problem() {
     // checked on a file that parses.
     let (ok, out) = config_check("[storage]\ndata_dir = \"/proc/not-here\"\n");
     assert!(!ok);
-    assert!(out.contains("storage.data_dir: /proc/not-here is not a writable directory"), "{out}");
+    assert!(
+        out.contains("storage.data_dir: /proc/not-here is not a writable directory"),
+        "{out}"
+    );
 
     let (ok, out) = config_check("[storage\n");
     assert!(!ok);
@@ -70,7 +77,11 @@ fn the_annotated_example_configuration_is_valid() {
 }
 
 fn openssl(args: &[&str], dir: &Path) {
-    let o = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
 }
 
@@ -78,31 +89,66 @@ fn openssl(args: &[&str], dir: &Path) {
 fn mint_pki(dir: &Path, name: &str) {
     openssl(
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            &format!("/CN={name} Test CA"), "-keyout", &format!("{name}-ca.key"), "-out",
-            &format!("{name}-ca.pem"), "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} Test CA"),
+            "-keyout",
+            &format!("{name}-ca.key"),
+            "-out",
+            &format!("{name}-ca.pem"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ],
         dir,
     );
     for (who, ext) in [
-        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
         ("client", "extendedKeyUsage=clientAuth\n"),
     ] {
         fs::write(dir.join(format!("{name}-{who}.ext")), ext).unwrap();
         openssl(
             &[
-                "req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={name} {who}"),
-                "-keyout", &format!("{name}-{who}.key"), "-out", &format!("{name}-{who}.csr"),
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name} {who}"),
+                "-keyout",
+                &format!("{name}-{who}.key"),
+                "-out",
+                &format!("{name}-{who}.csr"),
             ],
             dir,
         );
         openssl(
             &[
-                "x509", "-req", "-in", &format!("{name}-{who}.csr"), "-CA",
-                &format!("{name}-ca.pem"), "-CAkey", &format!("{name}-ca.key"),
-                "-CAcreateserial", "-days", "2", "-out", &format!("{name}-{who}.pem"),
-                "-extfile", &format!("{name}-{who}.ext"),
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}-{who}.csr"),
+                "-CA",
+                &format!("{name}-ca.pem"),
+                "-CAkey",
+                &format!("{name}-ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}-{who}.pem"),
+                "-extfile",
+                &format!("{name}-{who}.ext"),
             ],
             dir,
         );
@@ -151,7 +197,12 @@ fn dicom_tls_with_client_certificates() {
     // No client certificate at all: refused too.
     let o = storescu_files(
         b.port,
-        &["+tls", "--anonymous-tls", "+cf", p("good-ca.pem").to_str().unwrap()],
+        &[
+            "+tls",
+            "--anonymous-tls",
+            "+cf",
+            p("good-ca.pem").to_str().unwrap(),
+        ],
         &files,
     );
     assert!(!o.status.success(), "{}", text(&o));
@@ -172,7 +223,10 @@ fn recovery_reconciles_tampered_store_and_counts_it() {
     assert!(storescu_files(b.port, &[], &files[..3]).status.success());
     let u0 = uids(&files[0]);
     let view = b.study(&u0.study).unwrap();
-    let rel0 = instance(&view, &u0.sop).unwrap()["file"].as_str().unwrap().to_string();
+    let rel0 = instance(&view, &u0.sop).unwrap()["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
     b.stop();
 
     // While stopped: a leftover staging file, an indexed file removed, a complete but unindexed
@@ -180,9 +234,15 @@ fn recovery_reconciles_tampered_store_and_counts_it() {
     fs::write(b.data_dir.join("staging/123-4-5.part"), b"half an instance").unwrap();
     fs::remove_file(b.stored_path(&rel0)).unwrap();
     let u3 = uids(&files[3]);
-    let unindexed = b.data_dir.join(format!("studies/{}/{}.dcm", u3.study, u3.sop));
+    let unindexed = b
+        .data_dir
+        .join(format!("studies/{}/{}.dcm", u3.study, u3.sop));
     fs::copy(&files[3], &unindexed).unwrap();
-    fs::write(b.data_dir.join(format!("studies/{}/junk.dcm", u3.study)), b"junk").unwrap();
+    fs::write(
+        b.data_dir.join(format!("studies/{}/junk.dcm", u3.study)),
+        b"junk",
+    )
+    .unwrap();
 
     b.launch();
     let log = b.log();
@@ -195,7 +255,10 @@ fn recovery_reconciles_tampered_store_and_counts_it() {
     assert_eq!(instance(&view, &u0.sop).unwrap()["missing"], true);
     assert_eq!(instance(&view, &u3.sop).unwrap()["missing"], false);
     assert_eq!(b.summary()["missing_files"], 1);
-    assert_eq!(fs::read_dir(b.data_dir.join("quarantine")).unwrap().count(), 1);
+    assert_eq!(
+        fs::read_dir(b.data_dir.join("quarantine")).unwrap().count(),
+        1
+    );
     // Sending the lost instance again heals it.
     assert!(storescu_files(b.port, &[], &files[..1]).status.success());
     let view = b.study(&u0.study).unwrap();
@@ -234,7 +297,10 @@ fn demo_command_starts_answers_and_stops_on_sigterm() {
     assert!(status.success(), "demo exit status {status:?}");
     let mut banner = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut banner).unwrap();
-    assert!(banner.contains(&format!("AE title DEMOBOX at 127.0.0.1:{port}")), "{banner}");
+    assert!(
+        banner.contains(&format!("AE title DEMOBOX at 127.0.0.1:{port}")),
+        "{banner}"
+    );
     let u = uids(&files[0]);
     let stored = dir
         .path()

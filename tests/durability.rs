@@ -14,7 +14,11 @@ use common::*;
 /// Every SOP Instance UID acknowledged with 0000 (the sender fsyncs its log before going on)
 /// must be indexed, on disk and byte-identical to what was sent; staging must be empty; every
 /// file of the store must be indexed.
-fn assert_everything_acknowledged_is_intact(b: &DrimBox, acked: &HashSet<String>, sources: &[PathBuf]) {
+fn assert_everything_acknowledged_is_intact(
+    b: &DrimBox,
+    acked: &HashSet<String>,
+    sources: &[PathBuf],
+) {
     let by_sop: std::collections::HashMap<String, &PathBuf> =
         sources.iter().map(|p| (uids(p).sop, p)).collect();
     let study = uids(&sources[0]).study;
@@ -29,7 +33,11 @@ fn assert_everything_acknowledged_is_intact(b: &DrimBox, acked: &HashSet<String>
             "acknowledged {sop} damaged"
         );
     }
-    assert!(b.staging_files().is_empty(), "staging not empty: {:?}", b.staging_files());
+    assert!(
+        b.staging_files().is_empty(),
+        "staging not empty: {:?}",
+        b.staging_files()
+    );
     let on_disk: usize = fs::read_dir(b.data_dir.join("studies"))
         .unwrap()
         .flatten()
@@ -55,7 +63,9 @@ fn kill9(pid: i32) {
 }
 
 fn ack_count(path: &Path) -> usize {
-    fs::read_to_string(path).map(|s| s.lines().count()).unwrap_or(0)
+    fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
 }
 
 fn kill_during_sends(service: &str, seed: &str) {
@@ -96,7 +106,10 @@ fn kill_during_sends(service: &str, seed: &str) {
         let _ = sender.wait_with_output();
         b.wait_service_restarted(service, pid);
         b.wait_ready();
-        eprintln!("round {round}: {} acknowledged so far", read_acks(&ack_log).len());
+        eprintln!(
+            "round {round}: {} acknowledged so far",
+            read_acks(&ack_log).len()
+        );
     }
     // One clean pass so that every instance ends up stored, then a restart (recovery).
     let o = storescu_files(b.port, &[], &files);
@@ -104,11 +117,18 @@ fn kill_during_sends(service: &str, seed: &str) {
     b.stop();
     b.launch();
     let acked = read_acks(&ack_log);
-    assert!(acked.len() >= 60, "too few acknowledgements to mean anything: {}", acked.len());
+    assert!(
+        acked.len() >= 60,
+        "too few acknowledgements to mean anything: {}",
+        acked.len()
+    );
     assert_everything_acknowledged_is_intact(&b, &acked, &files);
     let view = b.study(&uids(&files[0]).study).unwrap();
     assert_eq!(view["instances"].as_array().unwrap().len(), 120);
-    assert!(b.log().contains("recovery:"), "no recovery report in the log");
+    assert!(
+        b.log().contains("recovery:"),
+        "no recovery report in the log"
+    );
 }
 
 #[test]
@@ -155,8 +175,14 @@ fn disk_full_answers_a700_leaves_nothing_partial_and_recovers() {
     let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let o = pyscu(&a);
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(out.lines().any(|l| l.starts_with("A700 ")), "no A700:\n{out}");
-    assert!(out.lines().any(|l| l.starts_with("0000 ")), "nothing stored:\n{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("A700 ")),
+        "no A700:\n{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("0000 ")),
+        "nothing stored:\n{out}"
+    );
     let acked: HashSet<String> = out
         .lines()
         .filter_map(|l| l.strip_prefix("0000 "))

@@ -39,11 +39,17 @@ fn storescu_study_is_stored_byte_for_byte_and_indexed() {
     assert!(b.staging_files().is_empty());
     // The stored file is a valid Part 10 file for DCMTK, with our meta header.
     let stored = b.stored_path(instance(&view, &u.sop).unwrap()["file"].as_str().unwrap());
-    let d = Command::new("/usr/bin/dcmdump").arg(&stored).output().unwrap();
+    let d = Command::new("/usr/bin/dcmdump")
+        .arg(&stored)
+        .output()
+        .unwrap();
     assert!(d.status.success(), "{}", text(&d));
     let dump = String::from_utf8_lossy(&d.stdout);
     assert!(dump.contains(&u.sop));
-    assert!(dump.contains("DRIMBOX_"), "implementation version name missing");
+    assert!(
+        dump.contains("DRIMBOX_"),
+        "implementation version name missing"
+    );
     // No patient name in the log.
     assert!(!b.log().contains("Patient"), "patient data in the log");
 }
@@ -143,7 +149,9 @@ fn wrong_called_and_calling_ae_titles_are_rejected() {
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(t.contains("Calling AE Title Not Recognized"), "{t}");
-    assert!(echoscu(b.port, AET, &["-aet", "MODALITY1"]).status.success());
+    assert!(echoscu(b.port, AET, &["-aet", "MODALITY1"])
+        .status
+        .success());
 }
 
 #[test]
@@ -176,20 +184,36 @@ fn bad_data_sets_get_specific_statuses_and_leave_nothing() {
     let nostudy = tmp.path().join("nostudy.dcm");
     let mismatch = tmp.path().join("mismatch.dcm");
     for (out, kind) in [(&nostudy, "nostudy"), (&mismatch, "mismatch")] {
-        let o = pyscu(&["bad", out.to_str().unwrap(), kind, good[0].to_str().unwrap()]);
+        let o = pyscu(&[
+            "bad",
+            out.to_str().unwrap(),
+            kind,
+            good[0].to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "{}", text(&o));
     }
     let o = pyscu(&["send", &b.port.to_string(), nostudy.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("C000 "), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("C000 "),
+        "{}",
+        text(&o)
+    );
     let o = pyscu(&["send", &b.port.to_string(), mismatch.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("A900 "), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("A900 "),
+        "{}",
+        text(&o)
+    );
     // storescu reports the failure status it received, too.
     let o = storescu_files(b.port, &["-v"], std::slice::from_ref(&nostudy));
     assert!(text(&o).contains("Error: CannotUnderstand"), "{}", text(&o));
     assert!(b.staging_files().is_empty());
     let s = b.summary();
     assert_eq!(s["instances"], 0);
-    assert!(fs::read_dir(b.data_dir.join("studies")).unwrap().next().is_none());
+    assert!(fs::read_dir(b.data_dir.join("studies"))
+        .unwrap()
+        .next()
+        .is_none());
 }
 
 #[test]
@@ -200,7 +224,10 @@ fn duplicates_same_bytes_are_kept_and_new_bytes_replace() {
     assert!(storescu_files(b.port, &[], &files).status.success());
     let u = uids(&files[0]);
     let view = b.study(&u.study).unwrap();
-    let rel = instance(&view, &u.sop).unwrap()["file"].as_str().unwrap().to_string();
+    let rel = instance(&view, &u.sop).unwrap()["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let before = fs::metadata(b.stored_path(&rel)).unwrap();
 
     // Same bytes again: success, nothing rewritten.
@@ -259,12 +286,15 @@ fn iocm_rejection_note_marks_instances_rejected() {
         let rejected = !inst["rejected"].is_null();
         assert_eq!(rejected, i <= 1 || i == 4, "instance {i}: {inst}");
     }
-    assert_eq!(instance(&view, &note_uid).unwrap()["is_rejection_note"], true);
+    assert_eq!(
+        instance(&view, &note_uid).unwrap()["is_rejection_note"],
+        true
+    );
     assert_eq!(b.summary()["rejected_instances"], 3);
 
     // A KOS that is not a rejection note (the agency's manifest) is just an instance.
     let ko = shared().join("ref/ans/KOS/ko.dcm");
-    let o = storescu_files(b.port, &[], &[ko.clone()]);
+    let o = storescu_files(b.port, &[], std::slice::from_ref(&ko));
     assert!(o.status.success(), "{}", text(&o));
     let kv = b.study(&uids(&ko).study).unwrap();
     assert_eq!(kv["rejected"], 0);

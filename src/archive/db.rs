@@ -12,8 +12,7 @@ use redb::{
 };
 
 use super::model::{
-    InstanceRow, InstanceView, Rejection, RejectionNoteRef, SeriesInfo, StudyRow, StudyView,
-    Summary,
+    InstanceRow, InstanceView, Rejection, RejectionNoteRef, StudyRow, StudyView, Summary,
 };
 use crate::ipc::NewInstance;
 
@@ -280,7 +279,8 @@ pub fn record_instance(
         Some(p) => p.rejected.clone(),
         None => {
             let r = pending.remove(sop)?.map(|v| v.value().to_vec());
-            r.map(|bytes| decode::<Rejection>(sop, &bytes)).transpose()?
+            r.map(|bytes| decode::<Rejection>(sop, &bytes))
+                .transpose()?
         }
     };
     let row = InstanceRow {
@@ -303,7 +303,9 @@ pub fn record_instance(
 
     // Undo the previous version's contribution to its study (it may even be another study).
     if let Some(p) = previous {
-        let bytes = studies.get(p.study_uid.as_str())?.map(|v| v.value().to_vec());
+        let bytes = studies
+            .get(p.study_uid.as_str())?
+            .map(|v| v.value().to_vec());
         if let Some(bytes) = bytes {
             let mut st: StudyRow = decode(&p.study_uid, &bytes)?;
             if !p.is_rejection_note {
@@ -321,7 +323,9 @@ pub fn record_instance(
         index.remove(p.study_uid.as_str(), sop)?;
     }
 
-    let bytes = studies.get(new.study_uid.as_str())?.map(|v| v.value().to_vec());
+    let bytes = studies
+        .get(new.study_uid.as_str())?
+        .map(|v| v.value().to_vec());
     let mut st: StudyRow = match bytes {
         Some(b) => decode(&new.study_uid, &b)?,
         None => StudyRow {
@@ -358,10 +362,7 @@ pub fn record_instance(
         if let Some(m) = &new.modality {
             st.modalities.insert(m.clone());
         }
-        let se = st
-            .series
-            .entry(new.series_uid.clone())
-            .or_insert_with(SeriesInfo::default);
+        let se = st.series.entry(new.series_uid.clone()).or_default();
         se.instances += 1;
         if se.modality.is_none() {
             se.modality = new.modality.clone();
@@ -386,7 +387,9 @@ pub fn record_instance(
                     if ir.rejected.is_none() && !ir.is_rejection_note {
                         ir.rejected = Some(rejection.clone());
                         instances.insert(target, encode(&ir).as_slice())?;
-                        let sb = studies.get(ir.study_uid.as_str())?.map(|v| v.value().to_vec());
+                        let sb = studies
+                            .get(ir.study_uid.as_str())?
+                            .map(|v| v.value().to_vec());
                         if let Some(sb) = sb {
                             let mut s2: StudyRow = decode(&ir.study_uid, &sb)?;
                             s2.rejected += 1;

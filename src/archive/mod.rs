@@ -24,8 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::ipc::{
-    self, ArchiveFailure, FailureKind, Hello, NewInstance, RegisterOutcome, Request, Response,
-    Role,
+    self, ArchiveFailure, FailureKind, Hello, NewInstance, RegisterOutcome, Request, Response, Role,
 };
 use db::{Db, DbError, Recorded};
 use store::{fsync_dir, is_safe_staging_name, is_safe_uid, Layout};
@@ -141,12 +140,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-fn serve_connection(
-    mut stream: UnixStream,
-    role: Role,
-    db: &Db,
-    jobs: &mpsc::SyncSender<Job>,
-) {
+fn serve_connection(mut stream: UnixStream, role: Role, db: &Db, jobs: &mpsc::SyncSender<Job>) {
     match ipc::read_frame::<Hello>(&mut stream) {
         Ok(Some(h)) if h.version == ipc::PROTOCOL_VERSION => {}
         Ok(Some(h)) => {

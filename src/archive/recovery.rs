@@ -53,7 +53,10 @@ impl RecoveryReport {
     }
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ArchiveError + 'a {
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ArchiveError + 'a {
     move |source| ArchiveError::Io {
         what,
         path: path.to_owned(),
@@ -108,7 +111,11 @@ pub fn recover(layout: &Layout, db: &Db) -> Result<RecoveryReport, ArchiveError>
     Ok(report)
 }
 
-fn quarantine(layout: &Layout, path: &Path, report: &mut RecoveryReport) -> Result<(), ArchiveError> {
+fn quarantine(
+    layout: &Layout,
+    path: &Path,
+    report: &mut RecoveryReport,
+) -> Result<(), ArchiveError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())

@@ -109,6 +109,9 @@ mod tests {
     #[test]
     fn versioned_paths() {
         assert_eq!(Layout::instance_rel("1.2", "3.4", 1), "studies/1.2/3.4.dcm");
-        assert_eq!(Layout::instance_rel("1.2", "3.4", 3), "studies/1.2/3.4.v3.dcm");
+        assert_eq!(
+            Layout::instance_rel("1.2", "3.4", 3),
+            "studies/1.2/3.4.v3.dcm"
+        );
     }
 }

@@ -73,7 +73,8 @@ impl Command {
     }
 
     pub fn command_field(&self) -> Result<u16, CommandError> {
-        self.u16(0x0100).ok_or(CommandError::Missing("CommandField"))
+        self.u16(0x0100)
+            .ok_or(CommandError::Missing("CommandField"))
     }
     pub fn message_id(&self) -> Result<u16, CommandError> {
         self.u16(0x0110).ok_or(CommandError::Missing("MessageID"))

@@ -18,8 +18,18 @@ pub fn file_meta(
     element(&mut group, 0x0002, b"UI", &pad_uid(sop_class_uid));
     element(&mut group, 0x0003, b"UI", &pad_uid(sop_instance_uid));
     element(&mut group, 0x0010, b"UI", &pad_uid(transfer_syntax));
-    element(&mut group, 0x0012, b"UI", &pad_uid(IMPLEMENTATION_CLASS_UID));
-    element(&mut group, 0x0013, b"SH", &pad_text(IMPLEMENTATION_VERSION_NAME));
+    element(
+        &mut group,
+        0x0012,
+        b"UI",
+        &pad_uid(IMPLEMENTATION_CLASS_UID),
+    );
+    element(
+        &mut group,
+        0x0013,
+        b"SH",
+        &pad_text(IMPLEMENTATION_VERSION_NAME),
+    );
     let ae = source_ae.trim();
     if !ae.is_empty() {
         element(&mut group, 0x0016, b"AE", &pad_text(ae));
@@ -68,8 +78,18 @@ mod tests {
 
     #[test]
     fn meta_is_even_and_deterministic() {
-        let a = file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.840.10008.1.2", "SCU");
-        let b = file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.840.10008.1.2", "SCU");
+        let a = file_meta(
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.3",
+            "1.2.840.10008.1.2",
+            "SCU",
+        );
+        let b = file_meta(
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.3",
+            "1.2.840.10008.1.2",
+            "SCU",
+        );
         assert_eq!(a, b);
         assert_eq!(&a[128..132], b"DICM");
         assert_eq!(a.len() % 2, 0);

@@ -35,7 +35,9 @@ use super::sop_classes;
 use crate::archive::recovery::hex;
 use crate::archive::store::Layout;
 use crate::config::{Config, DicomConfig};
-use crate::ipc::{self, FailureKind, IpcError, NewInstance, RegisterOutcome, Request, Response, Role};
+use crate::ipc::{
+    self, FailureKind, IpcError, NewInstance, RegisterOutcome, Request, Response, Role,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {
@@ -63,8 +65,7 @@ impl AccessControl for AeCheck {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
         let calling = calling_ae_title.trim();
-        if !self.calling_allowed.is_empty() && !self.calling_allowed.iter().any(|a| a == calling)
-        {
+        if !self.calling_allowed.is_empty() && !self.calling_allowed.iter().any(|a| a == calling) {
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())
@@ -104,7 +105,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ReceiverError> 
         options = options.tls_config(tls_server_config(tls)?);
     }
     let addr = SocketAddr::new(d.listen, d.port);
-    let listener = TcpListener::bind(addr).map_err(|source| ReceiverError::Bind { addr, source })?;
+    let listener =
+        TcpListener::bind(addr).map_err(|source| ReceiverError::Bind { addr, source })?;
     let shared = Arc::new(Shared {
         options,
         tls: d.tls.is_some(),
@@ -215,7 +217,10 @@ fn handle(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
             }
             Ok(_) => return,
             Err(e) => {
-                log::warn!("connection from {peer} sent nothing ({}); closing", e.kind());
+                log::warn!(
+                    "connection from {peer} sent nothing ({}); closing",
+                    e.kind()
+                );
                 return;
             }
         }
@@ -280,7 +285,13 @@ where
             .presentation_contexts()
             .iter()
             .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-            .map(|pc| (pc.id, pc.abstract_syntax.clone(), pc.transfer_syntax.clone()))
+            .map(|pc| {
+                (
+                    pc.id,
+                    pc.abstract_syntax.clone(),
+                    pc.transfer_syntax.clone(),
+                )
+            })
             .collect(),
         archive: None,
         assoc_id: shared.seq.fetch_add(1, Ordering::Relaxed),
@@ -536,8 +547,10 @@ impl Association<'_> {
             return Err(f);
         }
         let file = inc.file.as_mut().expect("no failure, so a file");
-        file.flush().map_err(|e| (status::OUT_OF_RESOURCES, storage_error(&e)))?;
-        let seen = inspect_file(&inc.path).map_err(|e| (status::CANNOT_UNDERSTAND, e.to_string()))?;
+        file.flush()
+            .map_err(|e| (status::OUT_OF_RESOURCES, storage_error(&e)))?;
+        let seen =
+            inspect_file(&inc.path).map_err(|e| (status::CANNOT_UNDERSTAND, e.to_string()))?;
         let need = |v: Option<String>, what: &str| {
             v.ok_or_else(|| (status::CANNOT_UNDERSTAND, format!("data set lacks {what}")))
         };
@@ -557,7 +570,11 @@ impl Association<'_> {
                 "SOP Class UID differs from the command".into(),
             ));
         }
-        for (what, uid) in [("Study", &study_uid), ("Series", &series_uid), ("SOP", &sop_uid)] {
+        for (what, uid) in [
+            ("Study", &study_uid),
+            ("Series", &series_uid),
+            ("SOP", &sop_uid),
+        ] {
             if !crate::archive::store::is_safe_uid(uid) {
                 return Err((
                     status::CANNOT_UNDERSTAND,
@@ -601,7 +618,10 @@ impl Association<'_> {
                 };
                 Err((status, f.message))
             }
-            Err(e) => Err((status::OUT_OF_RESOURCES, format!("archive unavailable: {e}"))),
+            Err(e) => Err((
+                status::OUT_OF_RESOURCES,
+                format!("archive unavailable: {e}"),
+            )),
         }
     }
 
@@ -632,7 +652,9 @@ fn storage_error(e: &io::Error) -> String {
     }
 }
 
-fn tls_server_config(tls: &crate::config::TlsConfig) -> Result<rustls::ServerConfig, ReceiverError> {
+fn tls_server_config(
+    tls: &crate::config::TlsConfig,
+) -> Result<rustls::ServerConfig, ReceiverError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let err = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
@@ -654,10 +676,12 @@ fn tls_server_config(tls: &crate::config::TlsConfig) -> Result<rustls::ServerCon
             .map_err(|e| err("adding client CA", &tls.client_ca, &e))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| ReceiverError::Tls(format!("client verifier: {e}")))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| ReceiverError::Tls(format!("client verifier: {e}")))?;
     rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ReceiverError::Tls(e.to_string()))?

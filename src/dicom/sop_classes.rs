@@ -54,7 +54,9 @@ mod tests {
         use dicom_core::dictionary::UidDictionary;
         let dict = dicom_dictionary_std::StandardSopClassDictionary;
         for (uid, name) in STORAGE_SOP_CLASSES {
-            let e = dict.by_uid(uid).unwrap_or_else(|| panic!("{uid} not in dictionary"));
+            let e = dict
+                .by_uid(uid)
+                .unwrap_or_else(|| panic!("{uid} not in dictionary"));
             assert_eq!(e.name, *name);
             assert!(name.contains("Storage"));
         }

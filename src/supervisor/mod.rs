@@ -70,7 +70,10 @@ impl Supervisor {
 
     fn spawn(&self, name: &'static str) -> Result<Child, SupervisorError> {
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("service").arg(name).arg("--config").arg(&self.config_path);
+        cmd.arg("service")
+            .arg(name)
+            .arg("--config")
+            .arg(&self.config_path);
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM the child when
         // the supervisor dies, so a `kill -9` of the supervisor leaves no orphan service.
         unsafe {

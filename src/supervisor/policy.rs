@@ -47,7 +47,13 @@ pub enum Decision {
 
 impl RestartPolicy {
     /// `now`: when the exit was seen; `ran_for`: how long that run lasted; `jitter` in [0, 1).
-    pub fn on_exit(&self, h: &mut History, now: Duration, ran_for: Duration, jitter: f64) -> Decision {
+    pub fn on_exit(
+        &self,
+        h: &mut History,
+        now: Duration,
+        ran_for: Duration,
+        jitter: f64,
+    ) -> Decision {
         if ran_for >= self.healthy_after {
             h.consecutive = 0;
         }

@@ -21,7 +21,11 @@ pub fn repo() -> PathBuf {
 /// `../shared` beside the clone (CI puts it there).
 pub fn shared() -> PathBuf {
     let p = repo().join("../shared");
-    assert!(p.is_dir(), "shared/ must sit beside the repository: {}", p.display());
+    assert!(
+        p.is_dir(),
+        "shared/ must sit beside the repository: {}",
+        p.display()
+    );
     p
 }
 
@@ -189,7 +193,10 @@ impl DrimBox {
 
     /// PID of one service process (`archive`, `receiver`) of this box.
     pub fn service_pid(&self, name: &str) -> Option<i32> {
-        let needle = format!("service\0{name}\0--config\0{}\0", self.config_path.display());
+        let needle = format!(
+            "service\0{name}\0--config\0{}\0",
+            self.config_path.display()
+        );
         for e in fs::read_dir("/proc").ok()?.flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
@@ -241,7 +248,11 @@ impl DrimBox {
             .arg(&self.config_path)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -301,7 +312,12 @@ pub fn storescu(port: u16, args: &[&str]) -> Output {
 
 pub fn storescu_files(port: u16, opts: &[&str], files: &[PathBuf]) -> Output {
     let mut args: Vec<String> = opts.iter().map(|s| s.to_string()).collect();
-    args.extend(["-aec".into(), AET.into(), "127.0.0.1".into(), port.to_string()]);
+    args.extend([
+        "-aec".into(),
+        AET.into(),
+        "127.0.0.1".into(),
+        port.to_string(),
+    ]);
     args.extend(files.iter().map(|f| f.display().to_string()));
     dcmtk("storescu").args(&args).output().unwrap()
 }
