@@ -229,8 +229,9 @@ fn recovery_reconciles_tampered_store_and_counts_it() {
         .to_string();
     b.stop();
 
-    // While stopped: a leftover staging file, an indexed file removed, a complete but unindexed
-    // file (as after a crash between rename and commit), and a stray unparseable file.
+    // While stopped: a leftover staging file, an indexed file removed, an unindexed file (as
+    // after a crash between rename and commit: never acknowledged, so nothing vouches for its
+    // bytes), and a stray unparseable file.
     fs::write(b.data_dir.join("staging/123-4-5.part"), b"half an instance").unwrap();
     fs::remove_file(b.stored_path(&rel0)).unwrap();
     let u3 = uids(&files[3]);
@@ -247,22 +248,29 @@ fn recovery_reconciles_tampered_store_and_counts_it() {
     b.launch();
     let log = b.log();
     assert!(
-        log.contains("recovery: 1 staging file(s) removed, 1 unindexed file(s) adopted, 0 stale version(s) removed, 1 unreadable file(s) quarantined, 1 indexed instance(s) missing their file"),
+        log.contains("recovery: 1 staging file(s) removed, 0 in-doubt instance(s) kept, 0 in-doubt instance(s) discarded, 1 unindexed file(s) set aside, 0 stale version(s) removed, 1 unreadable file(s) quarantined, 1 indexed instance(s) missing their file"),
         "{log}"
     );
     assert!(b.staging_files().is_empty());
     let view = b.study(&u0.study).unwrap();
     assert_eq!(instance(&view, &u0.sop).unwrap()["missing"], true);
-    assert_eq!(instance(&view, &u3.sop).unwrap()["missing"], false);
+    assert!(
+        instance(&view, &u3.sop).is_none(),
+        "an unindexed file was adopted"
+    );
+    assert!(!unindexed.exists());
     assert_eq!(b.summary()["missing_files"], 1);
+    // The unindexed file and the junk are kept in quarantine, never deleted.
     assert_eq!(
         fs::read_dir(b.data_dir.join("quarantine")).unwrap().count(),
-        1
+        2
     );
-    // Sending the lost instance again heals it.
-    assert!(storescu_files(b.port, &[], &files[..1]).status.success());
+    // Sending the lost and the set-aside instances again heals the archive.
+    let resend = [files[0].clone(), files[3].clone()];
+    assert!(storescu_files(b.port, &[], &resend).status.success());
     let view = b.study(&u0.study).unwrap();
     assert_eq!(instance(&view, &u0.sop).unwrap()["missing"], false);
+    assert_eq!(instance(&view, &u3.sop).unwrap()["missing"], false);
     assert_stored_identical(&b, &files);
 }
 

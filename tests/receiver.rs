@@ -120,17 +120,28 @@ fn association_limit_rejects_with_local_limit_exceeded() {
         max_associations: 1,
         ..Settings::default()
     });
-    let port = b.port.to_string();
-    let holder = std::thread::spawn(move || pyscu(&["hold", &port, "4"]));
-    std::thread::sleep(Duration::from_millis(1500));
+    // The holder takes the only slot; wait for it to say so (a fixed sleep is flaky on a
+    // loaded machine), then ask for a second association while it holds.
+    let mut holder = Command::new("python3")
+        .arg(repo().join("tests/peers/pyscu.py"))
+        .args(["hold", &b.port.to_string(), "6"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert_eq!(first.trim(), "established");
     let o = echoscu(b.port, AET, &["-d"]);
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(t.contains("Rejected Transient"), "{t}");
     assert!(t.contains("Service Provider (Presentation Related)"), "{t}");
     assert!(t.contains("Local Limit Exceeded"), "{t}");
-    let h = holder.join().unwrap();
-    assert!(String::from_utf8_lossy(&h.stdout).contains("established"));
+    assert!(holder.wait().unwrap().success());
     // Once the slot is free, associations are accepted again.
     assert!(echoscu(b.port, AET, &[]).status.success());
 }

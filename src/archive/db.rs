@@ -25,6 +25,10 @@ const PENDING_REJECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("p
 /// Studies not yet stable, with the time of their last instance (ms since the epoch).
 const UNSTABLE: TableDefinition<&str, i64> = TableDefinition::new("unstable");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// First versions committed in the same flush round as their file's fsync: until that round is
+/// known to have completed, the row may be durable while the bytes are not. Cleared by the next
+/// commit; whatever a crash leaves here, recovery checks against the file's hash.
+const IN_DOUBT: TableDefinition<&str, ()> = TableDefinition::new("in_doubt");
 
 pub const SCHEMA_VERSION: &str = "1";
 
@@ -88,6 +92,7 @@ impl Db {
             txn.open_multimap_table(STUDY_INSTANCES)?;
             txn.open_table(PENDING_REJECTIONS)?;
             txn.open_table(UNSTABLE)?;
+            txn.open_table(IN_DOUBT)?;
             let mut meta = txn.open_table(META)?;
             let found = meta.get("schema")?.map(|v| v.value().to_string());
             match found {
@@ -227,6 +232,28 @@ impl Db {
         Ok(due)
     }
 
+    /// SOP Instance UIDs whose row may be durable without its bytes (see `IN_DOUBT`).
+    pub fn in_doubt(&self) -> Result<Vec<String>, DbError> {
+        let txn = self.read()?;
+        let t = txn.open_table(IN_DOUBT)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            out.push(entry?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Durably forgets that these rows were in doubt (their round completed, or they were checked).
+    pub fn clear_in_doubt(&self, sops: &[String]) -> Result<(), DbError> {
+        if sops.is_empty() {
+            return Ok(());
+        }
+        let txn = self.begin_write()?;
+        set_in_doubt(&txn, &[], sops)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Flags rows whose file is gone (recovery); they stay indexed, so nothing is forgotten.
     pub fn mark_missing(&self, sops: &HashSet<String>) -> Result<(), DbError> {
         if sops.is_empty() {
@@ -247,6 +274,23 @@ impl Db {
         txn.commit()?;
         Ok(())
     }
+}
+
+/// Inside a registration's transaction: `add` are this round's first versions, `clear` the
+/// previous round's, which completed before they were acknowledged.
+pub fn set_in_doubt(
+    txn: &WriteTransaction,
+    add: &[String],
+    clear: &[String],
+) -> Result<(), DbError> {
+    let mut t = txn.open_table(IN_DOUBT)?;
+    for sop in clear {
+        t.remove(sop.as_str())?;
+    }
+    for sop in add {
+        t.insert(sop.as_str(), ())?;
+    }
+    Ok(())
 }
 
 /// Looks an instance up inside a write transaction (sees this batch's earlier writes).

@@ -226,8 +226,12 @@ fn writer_loop(
     stop: &AtomicBool,
 ) {
     let mut last_settle = 0i64;
+    // First versions of the last round, durable and acknowledged: their in-doubt marks go with
+    // the next commit, or with a commit of their own once the queue is idle.
+    let mut settled: Vec<String> = Vec::new();
     loop {
-        match jobs.recv_timeout(Duration::from_millis(500)) {
+        let wait = if settled.is_empty() { 500 } else { 50 };
+        match jobs.recv_timeout(Duration::from_millis(wait)) {
             Ok(first) => {
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
@@ -236,15 +240,24 @@ fn writer_loop(
                         Err(_) => break,
                     }
                 }
-                register_batch(db, layout, batch);
+                settled = register_batch(db, layout, batch, std::mem::take(&mut settled));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                if !settled.is_empty() {
+                    match db.clear_in_doubt(&settled) {
+                        Ok(()) => settled.clear(),
+                        Err(e) => log::error!("clearing in-doubt marks: {e}"),
+                    }
+                }
                 if stop.load(Ordering::Relaxed) {
                     // Senders live in connection threads; do not wait for them forever.
                     return;
                 }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = db.clear_in_doubt(&settled);
+                return;
+            }
         }
         let now = now_ms();
         if now - last_settle >= 1000 {
@@ -261,8 +274,11 @@ fn writer_loop(
     }
 }
 
-/// One group commit: move every job's file into place, fsync the directories, commit, answer.
-fn register_batch(db: &Db, layout: &Layout, batch: Vec<Job>) {
+/// One group commit. First versions take one flush round: their files, the directories that
+/// received them and the index are flushed side by side (see "Crash consistency" in
+/// ARCHITECTURE.md), with the rows marked in doubt until the round is known complete.
+/// Returns the first versions now durable, whose marks the next commit clears.
+fn register_batch(db: &Db, layout: &Layout, batch: Vec<Job>, clear: Vec<String>) -> Vec<String> {
     let now = now_ms();
     let txn = match db.begin_write() {
         Ok(t) => t,
@@ -271,11 +287,10 @@ fn register_batch(db: &Db, layout: &Layout, batch: Vec<Job>) {
             for job in batch {
                 let _ = job.reply.send(Err(f.clone()));
             }
-            return;
+            return clear;
         }
     };
-    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut placed: Vec<PathBuf> = Vec::new();
+    let mut round = Round::default();
     let mut old_files: Vec<String> = Vec::new();
     let mut results = Vec::with_capacity(batch.len());
     let mut fatal: Option<ArchiveFailure> = None;
@@ -283,8 +298,7 @@ fn register_batch(db: &Db, layout: &Layout, batch: Vec<Job>) {
         if fatal.is_some() {
             break;
         }
-        let r = register_one(&txn, layout, &job.instance, now, &mut dirs, &mut placed);
-        match r {
+        match register_one(&txn, layout, &job.instance, now, &mut round) {
             Ok(Placed::Done(outcome, old)) => {
                 old_files.extend(old);
                 results.push(Ok(outcome));
@@ -293,15 +307,16 @@ fn register_batch(db: &Db, layout: &Layout, batch: Vec<Job>) {
             Err(e) => fatal = Some(db_failure(e)),
         }
     }
-    let committed = match fatal {
-        Some(f) => Err(f),
-        None => dirs
-            .iter()
-            .try_for_each(|d| fsync_dir(d))
-            .map_err(|e| failure(FailureKind::Resources, format!("fsync of store: {e}")))
-            .and_then(|()| txn.commit().map_err(db_failure)),
+    if fatal.is_none() {
+        if let Err(e) = db::set_in_doubt(&txn, &round.in_doubt, &clear) {
+            fatal = Some(db_failure(e));
+        }
+    }
+    let outcome = match fatal {
+        Some(f) => Err((f, false)),
+        None => flush_round(txn, &round),
     };
-    match committed {
+    match outcome {
         Ok(()) => {
             for old in old_files {
                 let _ = fs::remove_file(layout.abs(&old));
@@ -309,19 +324,70 @@ fn register_batch(db: &Db, layout: &Layout, batch: Vec<Job>) {
             for (job, result) in batch.into_iter().zip(results) {
                 let _ = job.reply.send(result);
             }
+            round.in_doubt
         }
-        Err(f) => {
-            // Nothing was acknowledged: take back the files this batch put in place, so no
-            // unindexed file lingers (recovery would adopt it, which is safe but surprising).
-            for p in placed {
-                let _ = fs::remove_file(p);
-            }
-            log::error!("archive commit failed: {}", f.message);
+        Err((f, committed)) => {
+            log::error!("archive flush failed: {}", f.message);
             for job in batch {
                 let _ = job.reply.send(Err(f.clone()));
             }
+            if committed {
+                // The rows are in the index but their bytes may not be on disk: check them now,
+                // as recovery would, rather than leave an index entry nobody vouches for.
+                let mut report = recovery::RecoveryReport::default();
+                if let Err(e) = recovery::resolve_in_doubt(layout, db, &mut report) {
+                    log::error!("checking in-doubt instances: {e}");
+                }
+                Vec::new()
+            } else {
+                // Nothing was committed: take back the files this batch put in place.
+                for p in round.placed {
+                    let _ = fs::remove_file(p);
+                }
+                clear
+            }
         }
     }
+}
+
+/// What one batch leaves to flush.
+#[derive(Default)]
+struct Round {
+    /// Every file this batch renamed into the store (taken back if the commit fails).
+    placed: Vec<PathBuf>,
+    /// Store files of first versions, renamed in but not yet fsync'd.
+    files: Vec<PathBuf>,
+    /// Directories that received a rename.
+    dirs: BTreeSet<PathBuf>,
+    /// SOP Instance UIDs of those first versions.
+    in_doubt: Vec<String>,
+}
+
+/// Flushes a round: every file, every touched directory and the index commit at once, each in
+/// its own thread, so the filesystem can fold them into one journal commit. Nothing is answered
+/// before all have succeeded. `Err((_, true))`: the index committed but a flush failed.
+fn flush_round(txn: redb::WriteTransaction, round: &Round) -> Result<(), (ArchiveFailure, bool)> {
+    let flush_failure =
+        |e: io::Error| failure(FailureKind::Resources, format!("fsync of store: {e}"));
+    let (files, dirs, committed) = std::thread::scope(|s| {
+        let files = s.spawn(|| {
+            round
+                .files
+                .iter()
+                .try_for_each(|f| fs::File::open(f)?.sync_all())
+        });
+        let dirs = s.spawn(|| round.dirs.iter().try_for_each(|d| fsync_dir(d)));
+        let committed = txn.commit().map_err(db_failure);
+        let panicked = || Err(io::Error::other("flush thread panicked"));
+        (
+            files.join().unwrap_or_else(|_| panicked()),
+            dirs.join().unwrap_or_else(|_| panicked()),
+            committed,
+        )
+    });
+    committed.map_err(|f| (f, false))?;
+    files.map_err(|e| (flush_failure(e), true))?;
+    dirs.map_err(|e| (flush_failure(e), true))
 }
 
 enum Placed {
@@ -334,8 +400,7 @@ fn register_one(
     layout: &Layout,
     new: &NewInstance,
     now: i64,
-    dirs: &mut BTreeSet<PathBuf>,
-    placed: &mut Vec<PathBuf>,
+    round: &mut Round,
 ) -> Result<Placed, DbError> {
     if !is_safe_staging_name(&new.staging_name) {
         return Ok(Placed::Refused(failure(
@@ -364,6 +429,13 @@ fn register_one(
             return Ok(Placed::Done(RegisterOutcome::Duplicate, None));
         }
     }
+    let refuse = |what: &str, e: io::Error| {
+        let _ = fs::remove_file(&staged);
+        Ok(Placed::Refused(failure(
+            FailureKind::Resources,
+            format!("{what}: {e}"),
+        )))
+    };
     let version = previous.as_ref().map_or(1, |p| p.version + 1);
     let rel = Layout::instance_rel(&new.study_uid, &new.sop_instance_uid, version);
     let dest = layout.abs(&rel);
@@ -371,24 +443,35 @@ fn register_one(
     if !dir.is_dir() {
         if let Err(e) = fs::create_dir(&dir) {
             if e.kind() != io::ErrorKind::AlreadyExists {
-                let _ = fs::remove_file(&staged);
-                return Ok(Placed::Refused(failure(
-                    FailureKind::Resources,
-                    format!("creating study directory: {e}"),
-                )));
+                return refuse("creating study directory", e);
             }
         }
-        dirs.insert(layout.studies());
+        round.dirs.insert(layout.studies());
+    }
+    // A replacement supersedes an acknowledged version, which recovery would discard as stale
+    // once the new row is durable: so its bytes and its name are made durable, in order, before
+    // the commit. Replacements are rare; first versions take the one-round path below.
+    let replacing = previous.is_some();
+    if replacing {
+        if let Err(e) = fs::File::open(&staged).and_then(|f| f.sync_all()) {
+            return refuse("fsync of staging file", e);
+        }
     }
     if let Err(e) = fs::rename(&staged, &dest) {
-        let _ = fs::remove_file(&staged);
-        return Ok(Placed::Refused(failure(
-            FailureKind::Resources,
-            format!("moving into store: {e}"),
-        )));
+        return refuse("moving into store", e);
     }
-    placed.push(dest);
-    dirs.insert(dir);
+    round.placed.push(dest.clone());
+    if replacing {
+        if let Err(e) = fsync_dir(&dir) {
+            let _ = fs::remove_file(&dest);
+            round.placed.pop();
+            return refuse("fsync of study directory", e);
+        }
+    } else {
+        round.files.push(dest);
+        round.in_doubt.push(new.sop_instance_uid.clone());
+        round.dirs.insert(dir);
+    }
     let recorded = db::record_instance(txn, new, rel, version, previous.as_ref(), now)?;
     Ok(match recorded {
         Recorded::Stored => Placed::Done(RegisterOutcome::Stored, None),

@@ -4,9 +4,13 @@
 //! fsync → commit → acknowledge):
 //! - a file in `staging/`: a receive or a registration was cut short; it was never acknowledged,
 //!   so it is deleted (the sender retries).
-//! - a store file with no index row: the crash fell between the rename and the commit. The file
-//!   is complete (it was fsync'd before the rename), but was never acknowledged. It is *adopted*
-//!   (indexed from its own content), since its bytes are as good as any resend's.
+//! - a row marked *in doubt*: a first version whose file, directory and index were flushed in one
+//!   round, cut short. Never acknowledged. If the file is there and its data set has the recorded
+//!   SHA-256, the bytes made it: the row is kept (and flushed). Otherwise the file is set aside in
+//!   `quarantine/` and the row flagged `missing`; the sender's retry stores it again.
+//! - a store file with no index row: the crash fell between a rename and the commit, so it was
+//!   never acknowledged, and nothing vouches for its bytes (a first version is not fsync'd before
+//!   its rename). It is set aside in `quarantine/`, never adopted.
 //! - a store file whose SOP Instance UID is indexed under another file: an older version whose
 //!   removal after a replacement did not happen; deleted.
 //! - a store file that cannot be parsed: something we did not write; moved to `quarantine/`.
@@ -19,16 +23,17 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::db::{self, Db};
+use super::db::Db;
 use super::store::{fsync_dir, is_safe_uid, Layout};
 use super::{now_ms, ArchiveError};
 use crate::dicom::inspect::inspect_file;
-use crate::ipc::NewInstance;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub staging_removed: u64,
-    pub adopted: u64,
+    pub in_doubt_kept: u64,
+    pub in_doubt_discarded: u64,
+    pub unindexed: u64,
     pub stale_removed: u64,
     pub quarantined: u64,
     pub missing: u64,
@@ -40,11 +45,14 @@ impl RecoveryReport {
             log::info!("recovery: index and store agree");
         } else {
             log::warn!(
-                "recovery: {} staging file(s) removed, {} unindexed file(s) adopted, {} stale \
-                 version(s) removed, {} unreadable file(s) quarantined, {} indexed instance(s) \
-                 missing their file",
+                "recovery: {} staging file(s) removed, {} in-doubt instance(s) kept, {} in-doubt \
+                 instance(s) discarded, {} unindexed file(s) set aside, {} stale version(s) \
+                 removed, {} unreadable file(s) quarantined, {} indexed instance(s) missing \
+                 their file",
                 self.staging_removed,
-                self.adopted,
+                self.in_doubt_kept,
+                self.in_doubt_discarded,
+                self.unindexed,
                 self.stale_removed,
                 self.quarantined,
                 self.missing
@@ -66,6 +74,7 @@ fn io_err<'a>(
 
 pub fn recover(layout: &Layout, db: &Db) -> Result<RecoveryReport, ArchiveError> {
     let mut report = RecoveryReport::default();
+    resolve_in_doubt(layout, db, &mut report)?;
 
     let staging = layout.staging();
     for entry in fs::read_dir(&staging).map_err(io_err("reading", &staging))? {
@@ -97,7 +106,7 @@ pub fn recover(layout: &Layout, db: &Db) -> Result<RecoveryReport, ArchiveError>
                 seen.insert(rel);
                 continue;
             }
-            adopt_or_discard(layout, db, &file.path(), &mut report)?;
+            stale_or_unindexed(layout, db, &file.path(), &mut report)?;
         }
     }
 
@@ -116,18 +125,14 @@ fn quarantine(
     path: &Path,
     report: &mut RecoveryReport,
 ) -> Result<(), ArchiveError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let dest = layout.quarantine().join(format!("{}-{name}", now_ms()));
-    fs::rename(path, &dest).map_err(io_err("quarantining", path))?;
+    set_aside(layout, path)?;
     report.quarantined += 1;
     Ok(())
 }
 
-/// An unindexed store file: index it from its own content, or drop a stale version.
-fn adopt_or_discard(
+/// An unindexed store file: an older version left by a replacement (removed), a file nobody
+/// vouches for (set aside), or something we did not write (quarantined).
+fn stale_or_unindexed(
     layout: &Layout,
     db: &Db,
     path: &Path,
@@ -137,9 +142,8 @@ fn adopt_or_discard(
         Ok(i) => i,
         Err(_) => return quarantine(layout, path, report),
     };
-    let (Some(sop), Some(class), Some(study), Some(series)) = (
+    let (Some(sop), Some(study), Some(series)) = (
         inspected.sop_instance_uid.clone(),
-        inspected.sop_class_uid.clone(),
         inspected.study_uid.clone(),
         inspected.series_uid.clone(),
     ) else {
@@ -153,82 +157,65 @@ fn adopt_or_discard(
         report.stale_removed += 1;
         return Ok(());
     }
-    let bytes = fs::read(path).map_err(io_err("reading", path))?;
-    let (offset, ts) = match meta_end_and_ts(&bytes) {
-        Some(v) => v,
-        None => return quarantine(layout, path, report),
-    };
-    let rel = path
-        .strip_prefix(&layout.data_dir)
-        .map(|p| p.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let version = version_of(&rel);
-    let new = NewInstance {
-        staging_name: String::new(),
-        sop_class_uid: class,
-        sop_instance_uid: sop,
-        study_uid: study,
-        series_uid: series,
-        transfer_syntax: ts,
-        modality: inspected.modality,
-        patient_id: inspected.patient_id,
-        patient_name: inspected.patient_name,
-        accession_number: inspected.accession_number,
-        file_size: bytes.len() as u64,
-        dataset_offset: offset as u64,
-        dataset_sha256: hex(&Sha256::digest(&bytes[offset..])),
-        calling_ae: String::new(),
-        rejection: inspected.rejection,
-    };
-    let txn = db.begin_write()?;
-    db::record_instance(&txn, &new, rel, version, None, now_ms())?;
-    txn.commit().map_err(|e| ArchiveError::Db(e.into()))?;
-    report.adopted += 1;
+    set_aside(layout, path)?;
+    report.unindexed += 1;
     Ok(())
 }
 
-/// `…/<sop>.v3.dcm` → 3; `…/<sop>.dcm` → 1.
-fn version_of(rel: &str) -> u32 {
-    rel.strip_suffix(".dcm")
-        .and_then(|s| s.rsplit_once(".v"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(1)
+/// Checks every row marked in doubt against its file (see the module comment), then clears the
+/// marks. Used at start and by the writer when a flush round fails after its commit.
+pub fn resolve_in_doubt(
+    layout: &Layout,
+    db: &Db,
+    report: &mut RecoveryReport,
+) -> Result<(), ArchiveError> {
+    let sops = db.in_doubt()?;
+    let mut lost = HashSet::new();
+    for sop in &sops {
+        let Some(row) = db.instance(sop)? else {
+            continue;
+        };
+        let path = layout.abs(&row.file);
+        match data_set_digest(&path, row.dataset_offset, row.file_size) {
+            Some(d) if d == row.dataset_sha256 => {
+                fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_err("fsync", &path))?;
+                report.in_doubt_kept += 1;
+            }
+            _ => {
+                if path.exists() {
+                    set_aside(layout, &path)?;
+                }
+                lost.insert(sop.clone());
+                report.in_doubt_discarded += 1;
+            }
+        }
+    }
+    db.mark_missing(&lost)?;
+    db.clear_in_doubt(&sops)?;
+    Ok(())
 }
 
-/// End of the file meta group and its transfer syntax, from a Part 10 file's bytes.
-fn meta_end_and_ts(bytes: &[u8]) -> Option<(usize, String)> {
-    if bytes.get(128..132)? != b"DICM" {
+/// SHA-256 (hex) of a stored file's data set, if the file has the expected size.
+fn data_set_digest(path: &Path, offset: u64, size: u64) -> Option<String> {
+    let bytes = fs::read(path).ok()?;
+    if bytes.len() as u64 != size || offset > size {
         return None;
     }
-    let group_len = u32::from_le_bytes(bytes.get(140..144)?.try_into().ok()?) as usize;
-    let end = 144usize.checked_add(group_len)?;
-    let mut at = 132;
-    let mut ts = None;
-    while at + 8 <= end {
-        let elem = u16::from_le_bytes([bytes[at + 2], bytes[at + 3]]);
-        let vr = &bytes[at + 4..at + 6];
-        let (len, head) = if matches!(vr, b"OB" | b"OW" | b"UN" | b"SQ" | b"UT" | b"UC" | b"UR") {
-            (
-                u32::from_le_bytes(bytes.get(at + 8..at + 12)?.try_into().ok()?) as usize,
-                12,
-            )
-        } else {
-            (
-                u16::from_le_bytes([bytes[at + 6], bytes[at + 7]]) as usize,
-                8,
-            )
-        };
-        let value = bytes.get(at + head..at + head + len)?;
-        if elem == 0x0010 {
-            ts = Some(
-                String::from_utf8_lossy(value)
-                    .trim_end_matches(['\0', ' '])
-                    .to_string(),
-            );
-        }
-        at += head + len;
-    }
-    Some((end, ts?))
+    Some(hex(&Sha256::digest(&bytes[offset as usize..])))
+}
+
+/// Moves a file we cannot vouch for to `quarantine/` (kept for inspection, never deleted).
+fn set_aside(layout: &Layout, path: &Path) -> Result<(), ArchiveError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let dest = layout.quarantine().join(format!("{}-{name}", now_ms()));
+    fs::rename(path, &dest).map_err(io_err("setting aside", path))?;
+    let q = layout.quarantine();
+    fsync_dir(&q).map_err(io_err("fsync", &q))
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -238,23 +225,71 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dicom::part10::file_meta;
+    use crate::archive::db;
+    use crate::ipc::NewInstance;
 
+    /// An archive with two first versions committed in one round that a crash cut short: the
+    /// bytes of one made it, those of the other did not.
     #[test]
-    fn meta_parsing_finds_our_own_header() {
-        let mut f = file_meta("1.2.3", "4.5.6", "1.2.840.10008.1.2.1", "AE");
-        let end = f.len();
-        f.extend_from_slice(&[1, 2, 3, 4]);
-        assert_eq!(
-            meta_end_and_ts(&f),
-            Some((end, "1.2.840.10008.1.2.1".to_string()))
-        );
-        assert_eq!(meta_end_and_ts(&f[..100]), None);
-    }
+    fn in_doubt_rows_are_kept_only_when_their_bytes_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.create().unwrap();
+        let db = Db::open(&layout.db()).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut sops = Vec::new();
+        for (i, body) in [b"complete data set".as_slice(), b"torn data set".as_slice()]
+            .iter()
+            .enumerate()
+        {
+            let sop = format!("1.2.3.{i}");
+            let rel = Layout::instance_rel("1.2", &sop, 1);
+            fs::create_dir_all(layout.abs(&rel).parent().unwrap()).unwrap();
+            let mut bytes = b"META".to_vec();
+            bytes.extend_from_slice(body);
+            // The second file lost its tail in the crash.
+            let on_disk = if i == 0 {
+                &bytes[..]
+            } else {
+                &bytes[..bytes.len() - 3]
+            };
+            fs::write(layout.abs(&rel), on_disk).unwrap();
+            let new = NewInstance {
+                staging_name: String::new(),
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                sop_instance_uid: sop.clone(),
+                study_uid: "1.2".into(),
+                series_uid: "1.2.1".into(),
+                transfer_syntax: "1.2.840.10008.1.2.1".into(),
+                modality: Some("CT".into()),
+                patient_id: None,
+                patient_name: None,
+                accession_number: None,
+                file_size: bytes.len() as u64,
+                dataset_offset: 4,
+                dataset_sha256: hex(&Sha256::digest(body)),
+                calling_ae: "T".into(),
+                rejection: None,
+            };
+            db::record_instance(&txn, &new, rel, 1, None, 0).unwrap();
+            sops.push(sop);
+        }
+        db::set_in_doubt(&txn, &sops, &[]).unwrap();
+        txn.commit().unwrap();
 
-    #[test]
-    fn versions_from_names() {
-        assert_eq!(version_of("studies/1/2.dcm"), 1);
-        assert_eq!(version_of("studies/1/2.v4.dcm"), 4);
+        let report = recover(&layout, &db).unwrap();
+        assert_eq!(report.in_doubt_kept, 1);
+        assert_eq!(report.in_doubt_discarded, 1);
+        assert!(db.in_doubt().unwrap().is_empty());
+        assert!(!db.instance(&sops[0]).unwrap().unwrap().missing);
+        assert!(db.instance(&sops[1]).unwrap().unwrap().missing);
+        // The torn file is set aside, not deleted; the good one stays in place.
+        assert!(layout
+            .abs(&Layout::instance_rel("1.2", &sops[0], 1))
+            .exists());
+        assert_eq!(fs::read_dir(layout.quarantine()).unwrap().count(), 1);
+        // A second recovery finds nothing left in doubt.
+        let again = recover(&layout, &db).unwrap();
+        assert_eq!((again.in_doubt_kept, again.in_doubt_discarded), (0, 0));
     }
 }

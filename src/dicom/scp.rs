@@ -243,6 +243,8 @@ struct Incoming {
     hasher: Sha256,
     meta_len: u64,
     written: u64,
+    /// Bytes of the file already handed to the kernel for writeback (see `start_writeback`).
+    flushed_to: u64,
     /// First failure; the rest of the data set is read and discarded, then this is answered.
     failed: Option<(u16, String)>,
 }
@@ -254,6 +256,35 @@ impl Incoming {
         }
         self.file = None;
         let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Dirty bytes after which the receiver asks the kernel to start writing them out.
+const WRITEBACK_CHUNK: u64 = 128 * 1024;
+
+impl Incoming {
+    /// Starts (does not wait for) writeback of what was written since the last call, once a
+    /// chunk has accumulated. The disk then works while the next PDUs arrive, and the fsync
+    /// that must precede the acknowledgement finds little left to do: on a 512 KiB instance it
+    /// is most of the difference between "fsync at the end" and the disk's streaming rate.
+    /// Advisory only: durability still comes from the `sync_all` in `store`.
+    fn start_writeback(&mut self) {
+        let end = self.meta_len + self.written;
+        if end - self.flushed_to < WRITEBACK_CHUNK {
+            return;
+        }
+        if let Some(f) = &self.file {
+            // SAFETY: sync_file_range on our own open descriptor, over a range we wrote.
+            unsafe {
+                libc::sync_file_range(
+                    f.as_raw_fd(),
+                    self.flushed_to as libc::off64_t,
+                    (end - self.flushed_to) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        self.flushed_to = end;
     }
 }
 
@@ -410,6 +441,7 @@ impl Association<'_> {
                             Ok(()) => {
                                 inc.hasher.update(&pdv.data);
                                 inc.written += pdv.data.len() as u64;
+                                inc.start_writeback();
                             }
                             Err(e) => inc.fail(status::OUT_OF_RESOURCES, storage_error(&e)),
                         }
@@ -472,6 +504,7 @@ impl Association<'_> {
                     hasher: Sha256::new(),
                     meta_len: 0,
                     written: 0,
+                    flushed_to: 0,
                     failed: None,
                 };
                 if inc.sop_class != context.1 {
@@ -582,8 +615,8 @@ impl Association<'_> {
                 ));
             }
         }
-        file.sync_all()
-            .map_err(|e| (status::OUT_OF_RESOURCES, storage_error(&e)))?;
+        // No fsync here: the archive flushes the file together with its directory and the index
+        // (one round, see ARCHITECTURE.md), and answers only once all three are durable.
         let request = Request::RegisterInstance(Box::new(NewInstance {
             staging_name: inc.staging_name.clone(),
             sop_class_uid: sop_class,
