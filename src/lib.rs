@@ -2,7 +2,9 @@
 
 pub mod archive;
 pub mod config;
+pub mod control;
 pub mod dicom;
 pub mod ipc;
 pub mod logging;
+pub mod status;
 pub mod supervisor;

@@ -34,13 +34,16 @@ enum Cmd {
         dicom_port: u16,
         #[arg(long, default_value = "DRIMBOX")]
         ae_title: String,
+        #[arg(long, default_value_t = 8080)]
+        status_port: u16,
     },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
         command: ConfigCmd,
     },
-    /// Archive counters (exit status 0 when the archive answers).
+    /// The box's health: verdict, services, archive counters, disk (exit status 0 ok,
+    /// 1 degraded, 2 failing). The same data as the status page.
     Status {
         #[command(flatten)]
         target: Target,
@@ -126,7 +129,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             dicom_port,
             ae_title,
-        } => demo(&dir, dicom_port, &ae_title),
+            status_port,
+        } => demo(&dir, dicom_port, &ae_title, status_port),
         Cmd::Service { name, config } => service(&name, &config),
         Cmd::Status { target, json } => status(&target, json),
         Cmd::Study { study_uid, target } => study(&target, &study_uid),
@@ -141,13 +145,13 @@ fn supervise(config_path: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo(dir: &Path, dicom_port: u16, ae_title: &str) -> Result<ExitCode> {
+fn demo(dir: &Path, dicom_port: u16, ae_title: &str, status_port: u16) -> Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
     let config_path = dir.join("drimbox.toml");
-    let text = Config::demo_text(&dir, dicom_port, ae_title);
+    let text = Config::demo_text(&dir, dicom_port, ae_title, status_port);
     if let Err(problems) = Config::parse(&text) {
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         bail!("invalid demo settings: {}", list.join("; "));
@@ -165,6 +169,11 @@ fn demo(dir: &Path, dicom_port: u16, ae_title: &str) -> Result<ExitCode> {
         "  data lands in : {}/studies/<StudyInstanceUID>/<SOPInstanceUID>.dcm",
         config.storage.data_dir.display()
     );
+    println!(
+        "  status page   : http://127.0.0.1:{}/  (also /status.json, /metrics; `drimbox status --dir {}`)",
+        config.status.port,
+        dir.display()
+    );
     println!("  stop with Ctrl-C");
     supervise(&config_path)
 }
@@ -180,6 +189,10 @@ fn service(name: &str, config_path: &Path) -> Result<ExitCode> {
         "receiver" => {
             drimbox::logging::init("receiver", config.log.level);
             drimbox::dicom::scp::run(&config, stop)?;
+        }
+        "status" => {
+            drimbox::logging::init("status", config.log.level);
+            drimbox::status::run(&config, stop)?;
         }
         other => bail!("unknown service `{other}`"),
     }
@@ -206,26 +219,27 @@ fn reader(target: &Target) -> Result<ipc::Client> {
 }
 
 fn status(target: &Target, json: bool) -> Result<ExitCode> {
-    let mut client = reader(target)?;
-    let Response::Summary(s) = client.call(&Request::Summary)? else {
-        bail!("unexpected answer from the archive");
-    };
+    let path = target.config_path();
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config = Config::parse(&text).map_err(|p| {
+        anyhow::anyhow!(
+            "{}: {} problem(s), run `drimbox config check`",
+            path.display(),
+            p.len()
+        )
+    })?;
+    let s = drimbox::status::collect(&config);
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
-        println!(
-            "archive: {} studies ({} stable, {} waiting), {} instances ({} rejected), {} rejection notes, {} bytes, {} missing files",
-            s.studies,
-            s.stable_studies,
-            s.waiting_studies,
-            s.instances,
-            s.rejected_instances,
-            s.rejection_notes,
-            s.bytes,
-            s.missing_files
-        );
+        print!("{}", drimbox::status::summary_text(&s));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(match s.verdict {
+        drimbox::status::model::Verdict::Ok => 0,
+        drimbox::status::model::Verdict::Degraded => 1,
+        drimbox::status::model::Verdict::Failing => 2,
+    }))
 }
 
 fn study(target: &Target, study_uid: &str) -> Result<ExitCode> {

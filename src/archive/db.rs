@@ -29,6 +29,8 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// known to have completed, the row may be durable while the bytes are not. Cleared by the next
 /// commit; whatever a crash leaves here, recovery checks against the file's hash.
 const IN_DOUBT: TableDefinition<&str, ()> = TableDefinition::new("in_doubt");
+/// Instances flagged `missing`, so that counting them does not scan every row.
+const MISSING: TableDefinition<&str, ()> = TableDefinition::new("missing");
 
 pub const SCHEMA_VERSION: &str = "1";
 
@@ -93,6 +95,7 @@ impl Db {
             txn.open_table(PENDING_REJECTIONS)?;
             txn.open_table(UNSTABLE)?;
             txn.open_table(IN_DOUBT)?;
+            txn.open_table(MISSING)?;
             let mut meta = txn.open_table(META)?;
             let found = meta.get("schema")?.map(|v| v.value().to_string());
             match found {
@@ -135,7 +138,8 @@ impl Db {
         Ok(out)
     }
 
-    pub fn summary(&self) -> Result<Summary, DbError> {
+    /// Counts for the status page. `today_start_ms`: 00:00 UTC today, for `studies_today`.
+    pub fn summary(&self, today_start_ms: i64) -> Result<Summary, DbError> {
         let txn = self.read()?;
         let studies = txn.open_table(STUDIES)?;
         let mut s = Summary::default();
@@ -143,24 +147,20 @@ impl Db {
             let (k, v) = entry?;
             let row: StudyRow = decode(k.value(), v.value())?;
             s.studies += 1;
+            if row.first_received_ms >= today_start_ms {
+                s.studies_today += 1;
+            }
             if row.stable {
-                s.stable_studies += 1;
+                s.studies_stable += 1;
             } else {
-                s.waiting_studies += 1;
+                s.studies_waiting += 1;
             }
             s.instances += u64::from(row.instances);
             s.rejected_instances += u64::from(row.rejected);
             s.rejection_notes += row.rejection_notes.len() as u64;
             s.bytes += row.bytes;
         }
-        let instances = txn.open_table(INSTANCES)?;
-        for entry in instances.iter()? {
-            let (k, v) = entry?;
-            let row: InstanceRow = decode(k.value(), v.value())?;
-            if row.missing {
-                s.missing_files += 1;
-            }
-        }
+        s.missing_files = txn.open_table(MISSING)?.len()?;
         Ok(s)
     }
 
@@ -262,7 +262,9 @@ impl Db {
         let txn = self.begin_write()?;
         {
             let mut t = txn.open_table(INSTANCES)?;
+            let mut missing = txn.open_table(MISSING)?;
             for sop in sops {
+                missing.insert(sop.as_str(), ())?;
                 let bytes = t.get(sop.as_str())?.map(|v| v.value().to_vec());
                 if let Some(bytes) = bytes {
                     let mut row: InstanceRow = decode(sop, &bytes)?;
@@ -315,8 +317,10 @@ pub fn record_instance(
     let mut index = txn.open_multimap_table(STUDY_INSTANCES)?;
     let mut pending = txn.open_table(PENDING_REJECTIONS)?;
     let mut unstable = txn.open_table(UNSTABLE)?;
+    let mut missing = txn.open_table(MISSING)?;
 
     let sop = new.sop_instance_uid.as_str();
+    missing.remove(sop)?;
     // A new version keeps a rejection already applied to the UID; a first version picks up a
     // rejection note that arrived before it.
     let rejected = match previous {

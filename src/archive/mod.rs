@@ -17,7 +17,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,10 +48,18 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// 00:00 UTC of the day `now_ms` falls in.
+pub fn today_start_ms(now_ms: i64) -> i64 {
+    now_ms - now_ms.rem_euclid(86_400_000)
+}
+
 struct Job {
     instance: Box<NewInstance>,
     reply: mpsc::SyncSender<Result<RegisterOutcome, ArchiveFailure>>,
 }
+
+/// A writer iteration longer than this counts as stuck (see the accept loop).
+const WRITER_STUCK_MS: i64 = 5_000;
 
 /// Most registrations one commit takes; bounds the latency one batch adds to the next.
 const MAX_BATCH: usize = 64;
@@ -72,13 +80,15 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ArchiveError> {
 
     let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(QUEUE);
     let quiet_ms = config.archive.stable_after.as_millis() as i64;
+    let writer_alive = Arc::new(AtomicI64::new(now_ms()));
     let writer = {
         let db = db.clone();
         let layout = layout.clone();
         let stop = stop.clone();
+        let alive = writer_alive.clone();
         std::thread::Builder::new()
             .name("writer".into())
-            .spawn(move || writer_loop(&db, &layout, jobs_rx, quiet_ms, &stop))
+            .spawn(move || writer_loop(&db, &layout, jobs_rx, quiet_ms, &stop, &alive))
             .expect("spawn writer")
     };
 
@@ -108,8 +118,20 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ArchiveError> {
         run_dir.display()
     );
 
-    // Accept loop: poll the few listeners; a connection gets its own thread.
+    // Accept loop: poll the few listeners; a connection gets its own thread. It also beats on
+    // the health channel, but only while the writer thread goes round its loop too: a writer
+    // stuck in one iteration (a hung disk) silences the archive, and the supervisor restarts it.
+    let mut reporter = crate::control::Reporter::from_env();
     while !stop.load(Ordering::Relaxed) {
+        if now_ms() - writer_alive.load(Ordering::Relaxed) < WRITER_STUCK_MS {
+            reporter.beat(true, || {
+                [(
+                    "instances_indexed".to_string(),
+                    db::count_instances(&db).unwrap_or(0),
+                )]
+                .into()
+            });
+        }
         let mut idle = true;
         for (role, listener) in &listeners {
             match listener.accept() {
@@ -196,7 +218,7 @@ fn db_failure(e: impl std::fmt::Display) -> ArchiveFailure {
 fn answer(request: Request, db: &Db, jobs: &mpsc::SyncSender<Job>) -> Response {
     match request {
         Request::Ping => Response::Pong,
-        Request::Summary => match db.summary() {
+        Request::Summary => match db.summary(today_start_ms(now_ms())) {
             Ok(s) => Response::Summary(s),
             Err(e) => Response::Error(db_failure(e)),
         },
@@ -224,12 +246,14 @@ fn writer_loop(
     jobs: mpsc::Receiver<Job>,
     quiet_ms: i64,
     stop: &AtomicBool,
+    alive: &AtomicI64,
 ) {
     let mut last_settle = 0i64;
     // First versions of the last round, durable and acknowledged: their in-doubt marks go with
     // the next commit, or with a commit of their own once the queue is idle.
     let mut settled: Vec<String> = Vec::new();
     loop {
+        alive.store(now_ms(), Ordering::Relaxed);
         let wait = if settled.is_empty() { 500 } else { 50 };
         match jobs.recv_timeout(Duration::from_millis(wait)) {
             Ok(first) => {

@@ -75,11 +75,15 @@ pub struct RejectionNoteRef {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub studies: u64,
-    pub stable_studies: u64,
-    pub waiting_studies: u64,
+    /// Studies whose first instance arrived since 00:00 UTC today.
+    pub studies_today: u64,
+    /// Not yet stable (instances still arriving within the quiet period).
+    pub studies_waiting: u64,
+    pub studies_stable: u64,
     pub instances: u64,
     pub rejected_instances: u64,
     pub rejection_notes: u64,
+    /// Indexed instances whose file was missing at the last recovery.
     pub missing_files: u64,
     pub bytes: u64,
 }

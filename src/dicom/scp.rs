@@ -82,6 +82,11 @@ struct Shared {
     active: AtomicUsize,
     max_associations: usize,
     seq: AtomicU64,
+    /// Counters for the supervisor's health channel (and so the status page).
+    associations: AtomicU64,
+    associations_rejected: AtomicU64,
+    instances_stored: AtomicU64,
+    instances_refused: AtomicU64,
 }
 
 pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ReceiverError> {
@@ -115,6 +120,10 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ReceiverError> 
         active: AtomicUsize::new(0),
         max_associations: d.max_associations,
         seq: AtomicU64::new(0),
+        associations: AtomicU64::new(0),
+        associations_rejected: AtomicU64::new(0),
+        instances_stored: AtomicU64::new(0),
+        instances_refused: AtomicU64::new(0),
     });
     log::info!(
         "receiver ready: AE {} on {addr}{}",
@@ -128,7 +137,28 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ReceiverError> 
 
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, d: &DicomConfig, stop: &AtomicBool) {
     let fd = listener.as_raw_fd();
+    let mut reporter = crate::control::Reporter::from_env();
     while !stop.load(Ordering::Relaxed) {
+        reporter.beat(true, || {
+            let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            [
+                ("associations".to_string(), c(&shared.associations)),
+                (
+                    "associations_rejected".to_string(),
+                    c(&shared.associations_rejected),
+                ),
+                (
+                    "associations_active".to_string(),
+                    shared.active.load(Ordering::Relaxed) as u64,
+                ),
+                ("instances_stored".to_string(), c(&shared.instances_stored)),
+                (
+                    "instances_refused".to_string(),
+                    c(&shared.instances_refused),
+                ),
+            ]
+            .into()
+        });
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -157,8 +187,10 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, d: &DicomConfig, st
             .name("association".into())
             .spawn(move || {
                 if over_limit {
+                    shared.associations_rejected.fetch_add(1, Ordering::Relaxed);
                     reject_busy(stream, peer);
                 } else {
+                    shared.associations.fetch_add(1, Ordering::Relaxed);
                     handle(stream, peer, &shared);
                 }
                 shared.active.fetch_sub(1, Ordering::SeqCst);
@@ -544,6 +576,7 @@ impl Association<'_> {
     fn finish(&mut self, mut inc: Incoming, pc: u8) -> Reply {
         let (status, comment) = match self.store(&mut inc) {
             Ok(outcome) => {
+                self.shared.instances_stored.fetch_add(1, Ordering::Relaxed);
                 log::info!(
                     "stored {} ({:?}, {} bytes) from {}",
                     inc.sop_instance,
@@ -554,6 +587,9 @@ impl Association<'_> {
                 (status::SUCCESS, None)
             }
             Err((status, why)) => {
+                self.shared
+                    .instances_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 inc.fail(status, why.clone());
                 log::warn!(
                     "C-STORE {} from {} refused with {status:04X}: {why}",

@@ -1,12 +1,24 @@
-//! `drimbox run`: starts each service as its own process, restarts the ones that die, and stops
-//! them all on SIGTERM/SIGINT. Postfix's `master`, in small.
+//! `drimbox run`: starts each service as its own process, watches its health, restarts the ones
+//! that die or hang, tells systemd how the box is, and stops them all on SIGTERM/SIGINT.
+//! Postfix's `master`, in small.
 //!
 //! Order matters at start: the archive first, and the others only once it answers, so that a
 //! receiver never acknowledges what it cannot register. After that, each service is restarted on
-//! its own; the receiver reconnects to a restarted archive by itself.
+//! its own; the others reconnect to a restarted archive by themselves.
+//!
+//! Health: every child beats on a pipe (`crate::control`). A child that has not beaten for
+//! `supervisor.heartbeat_timeout_seconds` is *wedged*: the watchdog pings to systemd stop, and
+//! the child is killed and restarted like a crashed one. A service that crash-loops is *failed*:
+//! it is not restarted, the status page says so, and after `supervisor.failed_exit_delay_seconds`
+//! the supervisor exits non-zero so that systemd's policy applies. The supervisor writes what it
+//! knows to `<run_dir>/health.json` every second for the status page and `drimbox status`.
 
+pub mod notify;
 pub mod policy;
 
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -14,9 +26,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use policy::{Decision, History, RestartPolicy};
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::control::{self, Beat, BeatReader};
+use crate::status::model::{ServiceState, ServiceStatus};
+use notify::Notifier;
+use policy::{Decision, History, RestartPolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -32,15 +48,72 @@ pub enum SupervisorError {
 }
 
 /// The services `drimbox run` starts, in start order.
-pub const SERVICES: [&str; 2] = ["archive", "receiver"];
+pub const SERVICES: [&str; 3] = ["archive", "receiver", "status"];
+
+/// The supervisor's view of the box, written to `<run_dir>/health.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    pub supervisor_pid: u32,
+    /// When the supervisor wrote this (ms since the epoch): a stale record means a hung supervisor.
+    pub updated_at_ms: i64,
+    /// Every service has reported ready at least once since the supervisor started.
+    pub ready: bool,
+    pub services: Vec<ServiceStatus>,
+}
+
+pub fn health_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("health.json")
+}
+
+/// Reads the supervisor's last health record, if any.
+pub fn read_health(run_dir: &Path) -> Option<HealthRecord> {
+    let bytes = std::fs::read(health_path(run_dir)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
 
 struct Service {
     name: &'static str,
     child: Option<Child>,
+    /// Read end of the child's health pipe.
+    pipe: Option<File>,
+    reader: BeatReader,
+    beat: Option<Beat>,
     started: Instant,
+    last_beat: Instant,
+    state: ServiceState,
     history: History,
     restart_at: Option<Instant>,
     restarts: u32,
+    last_exit: Option<String>,
+    /// When the service was found wedged; it is killed one heartbeat timeout later.
+    wedged_at: Option<Instant>,
+}
+
+impl Service {
+    fn status(&self) -> ServiceStatus {
+        let running = self.child.is_some();
+        ServiceStatus {
+            name: self.name.to_string(),
+            state: self.state,
+            pid: self.child.as_ref().map(|c| c.id()),
+            uptime_seconds: if running {
+                self.started.elapsed().as_secs()
+            } else {
+                0
+            },
+            restarts: self.restarts,
+            last_error: self
+                .beat
+                .as_ref()
+                .and_then(|b| b.last_error.clone())
+                .or_else(|| self.last_exit.clone()),
+            counters: self
+                .beat
+                .as_ref()
+                .map(|b| b.counters.clone())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 pub struct Supervisor {
@@ -68,28 +141,71 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&self, name: &'static str) -> Result<Child, SupervisorError> {
+    /// Starts one service with the write end of a fresh health pipe as fd 3.
+    fn spawn(&self, name: &'static str) -> Result<(Child, File), SupervisorError> {
+        let err = |source| SupervisorError::Spawn {
+            service: name,
+            source,
+        };
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 fills two descriptors we then own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        // SAFETY: both descriptors were just created and are owned by nothing else.
+        let (read_end, write_end) =
+            unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let wfd = write_end.as_raw_fd();
         let mut cmd = Command::new(&self.exe);
         cmd.arg("service")
             .arg(name)
             .arg("--config")
-            .arg(&self.config_path);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM the child when
-        // the supervisor dies, so a `kill -9` of the supervisor leaves no orphan service.
+            .arg(&self.config_path)
+            .env(control::ENV_FD, "3");
+        // SAFETY: only async-signal-safe calls between fork and exec: prctl asks the kernel to
+        // SIGTERM the child when the supervisor dies (no orphan after a `kill -9`); dup2 puts the
+        // health pipe on fd 3 (dup2 clears close-on-exec; if it already is fd 3, fcntl does).
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let r = if wfd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(wfd, 3)
+                };
+                if r < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
-            service: name,
-            source,
-        })?;
+        let child = cmd.spawn().map_err(err)?;
+        drop(write_end);
+        // SAFETY: fcntl on our own descriptor.
+        unsafe {
+            let flags = libc::fcntl(read_end.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(
+                read_end.as_raw_fd(),
+                libc::F_SETFL,
+                flags | libc::O_NONBLOCK,
+            );
+        }
         log::info!("started {name} (pid {})", child.id());
-        Ok(child)
+        Ok((child, read_end))
+    }
+
+    fn start(&self, s: &mut Service) -> Result<(), SupervisorError> {
+        let (child, pipe) = self.spawn(s.name)?;
+        s.child = Some(child);
+        s.pipe = Some(pipe);
+        s.reader = BeatReader::default();
+        s.beat = None;
+        s.started = Instant::now();
+        s.last_beat = Instant::now();
+        s.state = ServiceState::Starting;
+        Ok(())
     }
 
     fn wait_archive(&self) -> Result<(), SupervisorError> {
@@ -101,11 +217,14 @@ impl Supervisor {
         }
     }
 
-    /// Runs until `stop` is set (Ok) or a service crash-loops (Err).
+    /// Runs until `stop` is set (Ok) or a service crash-loops (Err, after the grace period).
     pub fn run(&self, stop: Arc<AtomicBool>) -> Result<(), SupervisorError> {
+        let notifier = Notifier::from_env();
         let mut services: Vec<Service> = Vec::new();
-        let result = self.run_inner(&mut services, &stop);
+        let result = self.run_inner(&mut services, &stop, &notifier);
+        notifier.send("STOPPING=1");
         shutdown(&mut services);
+        let _ = std::fs::remove_file(health_path(&self.config.storage.run_dir));
         result
     }
 
@@ -113,57 +232,202 @@ impl Supervisor {
         &self,
         services: &mut Vec<Service>,
         stop: &AtomicBool,
+        notifier: &Notifier,
     ) -> Result<(), SupervisorError> {
         for name in SERVICES {
-            services.push(Service {
+            let mut s = Service {
                 name,
-                child: Some(self.spawn(name)?),
+                child: None,
+                pipe: None,
+                reader: BeatReader::default(),
+                beat: None,
                 started: Instant::now(),
+                last_beat: Instant::now(),
+                state: ServiceState::Starting,
                 history: History::default(),
                 restart_at: None,
                 restarts: 0,
-            });
+                last_exit: None,
+                wedged_at: None,
+            };
+            self.start(&mut s)?;
+            services.push(s);
             if name == "archive" {
                 self.wait_archive()?;
             }
         }
         log::info!("all services started");
+        let heartbeat_timeout = self.config.supervisor.heartbeat_timeout;
+        let mut announced_ready = false;
+        let mut last_ping = Instant::now();
+        let mut last_health = Instant::now() - Duration::from_secs(10);
+        let mut last_status = String::new();
+        let mut failed_since: Option<(Instant, &'static str)> = None;
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
             for s in services.iter_mut() {
-                if let Some(child) = s.child.as_mut() {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        s.child = None;
-                        let ran_for = s.started.elapsed();
-                        log::warn!("{} exited ({status}) after {ran_for:?}", s.name);
-                        let jitter = jitter_draw();
-                        match self.policy.on_exit(
-                            &mut s.history,
-                            self.epoch.elapsed(),
-                            ran_for,
-                            jitter,
-                        ) {
-                            Decision::RestartAfter(d) => {
-                                log::info!("restarting {} in {d:?}", s.name);
-                                s.restart_at = Some(Instant::now() + d);
-                            }
-                            Decision::GiveUp => {
-                                log::error!("{} is crash-looping; giving up", s.name);
-                                return Err(SupervisorError::CrashLoop(s.name));
-                            }
-                        }
-                    }
+                self.watch(s, heartbeat_timeout)?;
+                if s.state == ServiceState::Failed && failed_since.is_none() {
+                    failed_since = Some((Instant::now(), s.name));
                 }
-                if s.child.is_none() && s.restart_at.is_some_and(|t| Instant::now() >= t) {
-                    s.restart_at = None;
-                    s.child = Some(self.spawn(s.name)?);
-                    s.started = Instant::now();
-                    s.restarts += 1;
+            }
+            let ready = services
+                .iter()
+                .filter(|s| s.state == ServiceState::Ready)
+                .count();
+            let all_ready = ready == services.len();
+            if all_ready && !announced_ready {
+                announced_ready = true;
+                log::info!("all services ready");
+                notifier.send("READY=1");
+            }
+            let wedged = services.iter().any(|s| s.state == ServiceState::Wedged);
+            if let Some(every) = notifier.watchdog_every {
+                // No ping while a service is hung: systemd's watchdog then acts on the box.
+                if !wedged && last_ping.elapsed() >= every {
+                    notifier.send("WATCHDOG=1");
+                    last_ping = Instant::now();
+                }
+            }
+            let failed: Vec<&str> = services
+                .iter()
+                .filter(|s| s.state == ServiceState::Failed)
+                .map(|s| s.name)
+                .collect();
+            let restarts = services.iter().map(|s| s.restarts).sum();
+            let line = notify::status_line(ready, services.len(), restarts, &failed);
+            if line != last_status {
+                notifier.send(&line);
+                last_status = line;
+            }
+            if last_health.elapsed() >= Duration::from_secs(1) {
+                last_health = Instant::now();
+                self.write_health(services, announced_ready);
+            }
+            if let Some((since, name)) = failed_since {
+                if since.elapsed() >= self.config.supervisor.failed_exit_delay {
+                    self.write_health(services, announced_ready);
+                    return Err(SupervisorError::CrashLoop(name));
                 }
             }
         }
         log::info!("stopping services");
         Ok(())
+    }
+
+    /// One look at one service: its beats, its exit, its silence, its restart.
+    fn watch(&self, s: &mut Service, heartbeat_timeout: Duration) -> Result<(), SupervisorError> {
+        if let Some(pipe) = s.pipe.as_mut() {
+            let mut buf = [0u8; 4096];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => {
+                        s.pipe = None;
+                        break;
+                    }
+                    Ok(n) => {
+                        if let Some(b) = s.reader.feed(&buf[..n]) {
+                            s.last_beat = Instant::now();
+                            if matches!(s.state, ServiceState::Starting | ServiceState::Ready) {
+                                s.state = if b.ready {
+                                    ServiceState::Ready
+                                } else {
+                                    ServiceState::Starting
+                                };
+                            }
+                            s.beat = Some(b);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Some(child) = s.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                s.child = None;
+                s.pipe = None;
+                let ran_for = s.started.elapsed();
+                let how = if s.state == ServiceState::Wedged {
+                    format!(
+                        "killed after {}s without a heartbeat",
+                        2 * heartbeat_timeout.as_secs()
+                    )
+                } else {
+                    format!("exited ({status}) after {}s", ran_for.as_secs())
+                };
+                log::warn!("{} {how}", s.name);
+                s.last_exit = Some(how);
+                match self.policy.on_exit(
+                    &mut s.history,
+                    self.epoch.elapsed(),
+                    ran_for,
+                    jitter_draw(),
+                ) {
+                    Decision::RestartAfter(d) => {
+                        log::info!("restarting {} in {d:?}", s.name);
+                        s.state = ServiceState::Restarting;
+                        s.restart_at = Some(Instant::now() + d);
+                    }
+                    Decision::GiveUp => {
+                        log::error!(
+                            "{} is crash-looping; not restarted; the supervisor stops in {}s",
+                            s.name,
+                            self.config.supervisor.failed_exit_delay.as_secs()
+                        );
+                        s.state = ServiceState::Failed;
+                        s.restart_at = None;
+                    }
+                }
+            } else if matches!(s.state, ServiceState::Starting | ServiceState::Ready)
+                && s.last_beat.elapsed() > heartbeat_timeout
+            {
+                // Wedged: withhold the watchdog pings (a child stuck for good — in the kernel,
+                // say — then gets the whole box restarted by systemd), and give it one more
+                // timeout before killing it ourselves.
+                log::error!(
+                    "{} sent no heartbeat for {}s: wedged; watchdog pings withheld",
+                    s.name,
+                    heartbeat_timeout.as_secs()
+                );
+                s.state = ServiceState::Wedged;
+                s.wedged_at = Some(Instant::now());
+            } else if s.state == ServiceState::Wedged {
+                if s.last_beat.elapsed() <= heartbeat_timeout {
+                    log::info!("{} is beating again", s.name);
+                    s.state = ServiceState::Ready;
+                    s.wedged_at = None;
+                } else if s
+                    .wedged_at
+                    .is_some_and(|t| t.elapsed() >= heartbeat_timeout)
+                {
+                    log::error!("{} still wedged; killing it", s.name);
+                    s.wedged_at = None;
+                    let _ = child.kill();
+                }
+            }
+        }
+        if s.child.is_none() && s.restart_at.is_some_and(|t| Instant::now() >= t) {
+            s.restart_at = None;
+            self.start(s)?;
+            s.restarts += 1;
+        }
+        Ok(())
+    }
+
+    /// `<run_dir>/health.json`, replaced atomically (runtime state: no fsync needed).
+    fn write_health(&self, services: &[Service], ready: bool) {
+        let record = HealthRecord {
+            supervisor_pid: std::process::id(),
+            updated_at_ms: crate::archive::now_ms(),
+            ready,
+            services: services.iter().map(Service::status).collect(),
+        };
+        let path = health_path(&self.config.storage.run_dir);
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(&record).expect("health serializes");
+        if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &path)) {
+            log::warn!("writing {}: {e}", path.display());
+        }
     }
 }
 

@@ -47,6 +47,12 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
     pub max_pdu: u32,
     pub crash_loop_count: u32,
+    pub failed_exit_delay_seconds: u32,
+    pub heartbeat_timeout_seconds: u32,
+    /// Environment of `drimbox run` (e.g. NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
+    /// Do not wait for C-ECHO after the start (the test watches the start itself).
+    pub no_wait: bool,
     /// Extra echoscu arguments for the readiness probe (TLS client certificate).
     pub probe_args: Vec<String>,
 }
@@ -61,6 +67,10 @@ impl Default for Settings {
             tls: None,
             max_pdu: 262_144,
             crash_loop_count: 5,
+            failed_exit_delay_seconds: 30,
+            heartbeat_timeout_seconds: 10,
+            env: Vec::new(),
+            no_wait: false,
             probe_args: Vec::new(),
         }
     }
@@ -71,11 +81,15 @@ pub struct DrimBox {
     pub data_dir: PathBuf,
     pub config_path: PathBuf,
     pub port: u16,
+    /// Port of the status page (`/`, `/status.json`, `/metrics`) on 127.0.0.1.
+    pub status_port: u16,
     child: Option<Child>,
     log_path: PathBuf,
     /// Calling AE title the readiness probe uses (one the box accepts).
     probe_ae: String,
     probe_args: Vec<String>,
+    env: Vec<(String, String)>,
+    no_wait: bool,
 }
 
 impl DrimBox {
@@ -87,6 +101,7 @@ impl DrimBox {
 
     pub fn start_in(dir: tempfile::TempDir, data_dir: PathBuf, s: Settings) -> DrimBox {
         let port = free_port();
+        let status_port = free_port();
         let calling: Vec<String> = s
             .calling_ae_titles
             .iter()
@@ -113,8 +128,13 @@ impl DrimBox {
         }
         text += &format!(
             "\n[archive]\nstable_after_seconds = {}\n\n[supervisor]\ncrash_loop_count = {}\n\
-             restart_backoff_max_seconds = 2\n",
-            s.stable_after_seconds, s.crash_loop_count
+             restart_backoff_max_seconds = 2\nfailed_exit_delay_seconds = {}\n\
+             heartbeat_timeout_seconds = {}\n\n\
+             [status]\nlisten = \"127.0.0.1\"\nport = {status_port}\n",
+            s.stable_after_seconds,
+            s.crash_loop_count,
+            s.failed_exit_delay_seconds,
+            s.heartbeat_timeout_seconds
         );
         let config_path = dir.path().join("drimbox.toml");
         fs::write(&config_path, text).unwrap();
@@ -126,9 +146,12 @@ impl DrimBox {
                 .cloned()
                 .unwrap_or_else(|| "ECHOSCU".into()),
             probe_args: s.probe_args.clone(),
+            env: s.env.clone(),
+            no_wait: s.no_wait,
             data_dir,
             config_path,
             port,
+            status_port,
             child: None,
             log_path,
             dir,
@@ -147,12 +170,15 @@ impl DrimBox {
         let child = Command::new(bin())
             .args(["run", "--config"])
             .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
         self.child = Some(child);
-        self.wait_ready();
+        if !self.no_wait {
+            self.wait_ready();
+        }
     }
 
     pub fn wait_ready(&self) {
@@ -170,6 +196,28 @@ impl DrimBox {
 
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits for `drimbox run` to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        let c = self.child.as_mut().expect("running");
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "drimbox run did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn supervisor_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// SIGTERM and wait: a clean stop.
@@ -242,18 +290,31 @@ impl DrimBox {
         Some(serde_json::from_slice(&out.stdout).unwrap())
     }
 
-    pub fn summary(&self) -> serde_json::Value {
+    /// `drimbox status --json`: the whole snapshot (exit status 0/1/2 = ok/degraded/failing).
+    pub fn snapshot(&self) -> serde_json::Value {
         let out = Command::new(bin())
             .args(["status", "--json", "--config"])
             .arg(&self.config_path)
             .output()
             .unwrap();
         assert!(
-            out.status.success(),
+            matches!(out.status.code(), Some(0..=2)),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The archive's counters from `drimbox status --json`.
+    pub fn summary(&self) -> serde_json::Value {
+        let s = self.snapshot();
+        assert!(s["archive"].is_object(), "archive not answering: {s}");
+        s["archive"].clone()
+    }
+
+    /// GET `path` from the status page: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.status_port, path)
     }
 
     pub fn staging_files(&self) -> Vec<PathBuf> {
@@ -284,6 +345,29 @@ impl Drop for DrimBox {
             let _ = c.wait();
         }
     }
+}
+
+/// A minimal HTTP/1.0 GET on 127.0.0.1:port: (status code, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    try_http_get(port, path).unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
+}
+
+/// [`http_get`] that reports a connection failure instead of panicking.
+pub fn try_http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
 }
 
 fn dcmtk(tool: &str) -> Command {

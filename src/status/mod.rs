@@ -1,0 +1,536 @@
+//! The status service: one read-only page, `/status.json` and `/metrics`, served over plain
+//! HTTP on `status.listen:status.port`, and the same snapshot for `drimbox status`.
+//!
+//! A snapshot is assembled from three sources, each read-only: the supervisor's health record
+//! (`<run_dir>/health.json`), the archive's counters (reader socket) and the data directory's
+//! file system (statvfs). [`judge`] turns it into a verdict, purely. The HTTP side is a small
+//! GET-only server: bounded request size, timeouts, a limit of concurrent connections.
+
+pub mod metrics;
+pub mod model;
+pub mod page;
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::control::Reporter;
+use crate::ipc::{self, Request, Response, Role};
+use crate::supervisor::{self, HealthRecord};
+use model::{
+    ArchiveCounters, DicomEndpoint, Disk, Firmware, Section, ServiceState, Snapshot, Verdict,
+    SCHEMA_VERSION,
+};
+
+/// A health record older than this means the supervisor itself is stuck.
+const HEALTH_STALE_MS: i64 = 5_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+pub fn firmware() -> Firmware {
+    Firmware {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        build: option_env!("DRIMBOX_BUILD")
+            .unwrap_or("unknown")
+            .to_string(),
+    }
+}
+
+/// Assembles a snapshot now. Never fails: what cannot be read is shown as missing.
+pub fn collect(config: &Config) -> Snapshot {
+    let now = crate::archive::now_ms();
+    let health = supervisor::read_health(&config.storage.run_dir);
+    let archive = ipc::Client::connect(
+        &config.storage.run_dir,
+        Role::Reader,
+        Duration::from_secs(3),
+    )
+    .and_then(|mut c| c.call(&Request::Summary))
+    .ok()
+    .and_then(|r| match r {
+        Response::Summary(s) => Some(s),
+        _ => None,
+    });
+    let disk = disk_usage(
+        &config.storage.data_dir,
+        f64::from(config.status.disk_warn_percent),
+    );
+    build(config, now, health, archive, disk)
+}
+
+/// The pure part of [`collect`]: given what was read, the snapshot and its verdict.
+pub fn build(
+    config: &Config,
+    now_ms: i64,
+    health: Option<HealthRecord>,
+    archive: Option<ArchiveCounters>,
+    disk: Option<Disk>,
+) -> Snapshot {
+    let (verdict, reasons) = judge(now_ms, health.as_ref(), archive.as_ref(), disk.as_ref());
+    Snapshot {
+        schema: SCHEMA_VERSION,
+        generated_at: rfc3339(now_ms),
+        generated_at_ms: now_ms,
+        verdict,
+        reasons,
+        firmware: firmware(),
+        dicom: DicomEndpoint {
+            ae_title: config.dicom.ae_title.clone(),
+            port: config.dicom.port,
+        },
+        services: health.map(|h| h.services).unwrap_or_default(),
+        disk,
+        archive,
+        dmp: Section::not_configured(),
+        whitelist: Section::not_configured(),
+        ota: Section::not_configured(),
+    }
+}
+
+/// The verdict: failing when the box cannot do its job (supervisor gone or stuck, a service
+/// failed, the archive not answering), degraded when it does it with a problem an operator
+/// should look at (a service restarting, starting or wedged, the disk nearly full, files
+/// missing), ok otherwise.
+pub fn judge(
+    now_ms: i64,
+    health: Option<&HealthRecord>,
+    archive: Option<&ArchiveCounters>,
+    disk: Option<&Disk>,
+) -> (Verdict, Vec<String>) {
+    let mut failing = Vec::new();
+    let mut degraded = Vec::new();
+    match health {
+        None => failing.push("the supervisor is not running".to_string()),
+        Some(h) if now_ms - h.updated_at_ms > HEALTH_STALE_MS => failing.push(format!(
+            "the supervisor has not reported for {} s",
+            (now_ms - h.updated_at_ms) / 1000
+        )),
+        Some(h) => {
+            for s in &h.services {
+                match s.state {
+                    ServiceState::Ready => {}
+                    ServiceState::Failed => failing.push(format!("{} failed (crash loop)", s.name)),
+                    ServiceState::Wedged => {
+                        degraded.push(format!("{} is hung and being restarted", s.name))
+                    }
+                    ServiceState::Restarting => degraded.push(format!("{} is restarting", s.name)),
+                    ServiceState::Starting => degraded.push(format!("{} is starting", s.name)),
+                }
+            }
+        }
+    }
+    match archive {
+        None => failing.push("the archive is not answering".to_string()),
+        Some(a) if a.missing_files > 0 => degraded.push(format!(
+            "{} archived instance(s) missing their file",
+            a.missing_files
+        )),
+        Some(_) => {}
+    }
+    match disk {
+        None => degraded.push("archive disk usage unknown".to_string()),
+        Some(d) if d.warning() => degraded.push(format!(
+            "archive disk {:.0}% full (warning at {:.0}%)",
+            d.used_percent, d.warn_percent
+        )),
+        Some(_) => {}
+    }
+    if !failing.is_empty() {
+        failing.extend(degraded);
+        (Verdict::Failing, failing)
+    } else if !degraded.is_empty() {
+        (Verdict::Degraded, degraded)
+    } else {
+        (Verdict::Ok, Vec::new())
+    }
+}
+
+/// What `drimbox status` prints: the page's content, for a terminal.
+pub fn summary_text(s: &Snapshot) -> String {
+    let mut out = format!(
+        "DRIMbox {} (build {}), {}: {}\n",
+        s.firmware.version,
+        s.firmware.build,
+        s.generated_at,
+        s.verdict.as_str().to_uppercase()
+    );
+    for r in &s.reasons {
+        out += &format!("  - {r}\n");
+    }
+    out += &format!("DICOM: AE {} port {}\n", s.dicom.ae_title, s.dicom.port);
+    for v in &s.services {
+        out += &format!(
+            "  {:<10} {:<10} pid {:<8} up {:>6}s  restarts {}{}\n",
+            v.name,
+            format!("{:?}", v.state).to_lowercase(),
+            v.pid.map_or("-".to_string(), |p| p.to_string()),
+            v.uptime_seconds,
+            v.restarts,
+            v.last_error
+                .as_deref()
+                .map(|e| format!("  last: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    match &s.archive {
+        Some(a) => {
+            out += &format!(
+            "archive: {} studies ({} today, {} waiting, {} stable), {} instances ({} rejected), \
+                 {} rejection notes, {} bytes, {} missing files\n",
+            a.studies,
+            a.studies_today,
+            a.studies_waiting,
+            a.studies_stable,
+            a.instances,
+            a.rejected_instances,
+            a.rejection_notes,
+            a.bytes,
+            a.missing_files
+        )
+        }
+        None => out += "archive: not answering\n",
+    }
+    match &s.disk {
+        Some(d) => {
+            out += &format!(
+                "disk: {:.1}% used of {} bytes ({} available){}\n",
+                d.used_percent,
+                d.total_bytes,
+                d.available_bytes,
+                if d.warning() { "  WARNING" } else { "" }
+            )
+        }
+        None => out += "disk: unknown\n",
+    }
+    for (name, sec) in [
+        ("DMP", &s.dmp),
+        ("whitelist", &s.whitelist),
+        ("OTA", &s.ota),
+    ] {
+        out += &format!("{name}: {}\n", sec.summary);
+    }
+    out
+}
+
+/// Disk usage of the file system holding `path`.
+pub fn disk_usage(path: &Path, warn_percent: f64) -> Option<Disk> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let block = st.f_frsize as u64;
+    let total = st.f_blocks as u64 * block;
+    let available = st.f_bavail as u64 * block;
+    let free = st.f_bfree as u64 * block;
+    // As df computes it: used / (used + available), which counts root's reserve as unavailable.
+    let used = total.saturating_sub(free);
+    let used_percent = if used + available == 0 {
+        0.0
+    } else {
+        100.0 * used as f64 / (used + available) as f64
+    };
+    Some(Disk {
+        path: path.display().to_string(),
+        total_bytes: total,
+        available_bytes: available,
+        used_percent,
+        warn_percent,
+    })
+}
+
+/// `2026-12-02T10:00:00Z` from ms since the epoch (civil-from-days, proleptic Gregorian, UTC).
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+/// Most concurrent HTTP connections; beyond, new ones get 503 at once.
+const MAX_CONNECTIONS: usize = 16;
+/// Longest request head we read.
+const MAX_REQUEST: u64 = 8 * 1024;
+
+struct Server {
+    config: Config,
+    active: AtomicUsize,
+    requests: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// Runs the status service until `stop` is set.
+pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StatusError> {
+    let addr = SocketAddr::new(config.status.listen, config.status.port);
+    let listener = TcpListener::bind(addr).map_err(|source| StatusError::Bind { addr, source })?;
+    let server = Arc::new(Server {
+        config: config.clone(),
+        active: AtomicUsize::new(0),
+        requests: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+    });
+    let mut reporter = Reporter::from_env();
+    log::info!("status page ready on http://{addr}/");
+    let fd = listener.as_raw_fd();
+    while !stop.load(Ordering::Relaxed) {
+        reporter.beat(true, || {
+            [
+                (
+                    "requests".to_string(),
+                    server.requests.load(Ordering::Relaxed),
+                ),
+                (
+                    "refused".to_string(),
+                    server.refused.load(Ordering::Relaxed),
+                ),
+            ]
+            .into()
+        });
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut pfd, 1, 200) } <= 0 {
+            continue;
+        }
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+        if server.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            server.active.fetch_sub(1, Ordering::SeqCst);
+            server.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = respond(&stream, 503, "Service Unavailable", "text/plain", b"busy\n");
+            continue;
+        }
+        let server = server.clone();
+        let spawned = std::thread::Builder::new()
+            .name("http".into())
+            .spawn(move || {
+                let _ = serve(&server, stream);
+                server.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            log::warn!("cannot start an HTTP thread");
+        }
+    }
+    Ok(())
+}
+
+fn serve(server: &Server, stream: TcpStream) -> io::Result<()> {
+    let mut reader = BufReader::new(io::Read::take(&stream, MAX_REQUEST));
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    // Read (and discard) the headers; a request that does not end them within the limit is bad.
+    let mut complete = false;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 {
+            break;
+        }
+        if h == "\r\n" || h == "\n" {
+            complete = true;
+            break;
+        }
+    }
+    server.requests.fetch_add(1, Ordering::Relaxed);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if !complete || !line.ends_with('\n') {
+        return respond(
+            &stream,
+            400,
+            "Bad Request",
+            "text/plain",
+            b"malformed request\n",
+        );
+    }
+    if method != "GET" && method != "HEAD" {
+        return respond(
+            &stream,
+            405,
+            "Method Not Allowed",
+            "text/plain",
+            b"read-only: GET only\n",
+        );
+    }
+    let path = target.split('?').next().unwrap_or("");
+    let (ctype, body) = match path {
+        "/" | "/index.html" => (
+            "text/html; charset=utf-8",
+            page::render_html(&collect(&server.config)).into_bytes(),
+        ),
+        "/status.json" => (
+            "application/json",
+            serde_json::to_vec_pretty(&collect(&server.config)).expect("snapshot serializes"),
+        ),
+        "/metrics" => (
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::render_metrics(&collect(&server.config)).into_bytes(),
+        ),
+        _ => return respond(&stream, 404, "Not Found", "text/plain", b"not found\n"),
+    };
+    let body: &[u8] = if method == "HEAD" { &[] } else { &body };
+    respond(&stream, 200, "OK", ctype, body)
+}
+
+fn respond(
+    mut stream: &TcpStream,
+    code: u16,
+    reason: &str,
+    ctype: &str,
+    body: &[u8],
+) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
+         Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; img-src data:\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::model::ServiceStatus;
+
+    fn svc(name: &str, state: ServiceState) -> ServiceStatus {
+        ServiceStatus {
+            name: name.into(),
+            state,
+            pid: Some(1),
+            uptime_seconds: 1,
+            restarts: 0,
+            last_error: None,
+            counters: Default::default(),
+        }
+    }
+
+    fn health(now: i64, states: &[(&str, ServiceState)]) -> HealthRecord {
+        HealthRecord {
+            supervisor_pid: 1,
+            updated_at_ms: now,
+            ready: true,
+            services: states.iter().map(|(n, s)| svc(n, *s)).collect(),
+        }
+    }
+
+    fn disk(used: f64) -> Disk {
+        Disk {
+            path: "/data".into(),
+            total_bytes: 100,
+            available_bytes: 10,
+            used_percent: used,
+            warn_percent: 85.0,
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let now = 1_000_000;
+        let ok = health(
+            now,
+            &[
+                ("archive", ServiceState::Ready),
+                ("receiver", ServiceState::Ready),
+            ],
+        );
+        let a = ArchiveCounters::default();
+        assert_eq!(
+            judge(now, Some(&ok), Some(&a), Some(&disk(10.0))),
+            (Verdict::Ok, vec![])
+        );
+        let (v, r) = judge(now, Some(&ok), Some(&a), Some(&disk(90.0)));
+        assert_eq!(v, Verdict::Degraded);
+        assert_eq!(
+            r,
+            vec!["archive disk 90% full (warning at 85%)".to_string()]
+        );
+        let restarting = health(now, &[("receiver", ServiceState::Restarting)]);
+        assert_eq!(
+            judge(now, Some(&restarting), Some(&a), Some(&disk(1.0))).0,
+            Verdict::Degraded
+        );
+        let failed = health(now, &[("receiver", ServiceState::Failed)]);
+        let (v, r) = judge(now, Some(&failed), Some(&a), Some(&disk(90.0)));
+        assert_eq!(v, Verdict::Failing);
+        assert_eq!(r[0], "receiver failed (crash loop)");
+        assert_eq!(
+            r.len(),
+            2,
+            "degraded reasons are kept under a failing verdict"
+        );
+        assert_eq!(
+            judge(now, Some(&ok), None, Some(&disk(1.0))).0,
+            Verdict::Failing
+        );
+        assert_eq!(
+            judge(now, None, Some(&a), Some(&disk(1.0))).0,
+            Verdict::Failing
+        );
+        let stale = health(now - 60_000, &[("archive", ServiceState::Ready)]);
+        let (v, r) = judge(now, Some(&stale), Some(&a), Some(&disk(1.0)));
+        assert_eq!(v, Verdict::Failing);
+        assert_eq!(
+            r,
+            vec!["the supervisor has not reported for 60 s".to_string()]
+        );
+        let missing = ArchiveCounters {
+            missing_files: 2,
+            ..ArchiveCounters::default()
+        };
+        assert_eq!(
+            judge(now, Some(&ok), Some(&missing), Some(&disk(1.0))).0,
+            Verdict::Degraded
+        );
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_212_800_000), "2026-12-02T12:00:00Z");
+        assert_eq!(rfc3339(4_107_542_399_999), "2100-02-28T23:59:59Z");
+    }
+
+    #[test]
+    fn disk_usage_of_a_real_directory() {
+        let d = disk_usage(Path::new("/"), 85.0).unwrap();
+        assert!(d.total_bytes > 0 && d.available_bytes <= d.total_bytes);
+        assert!((0.0..=100.0).contains(&d.used_percent));
+        assert!(disk_usage(Path::new("/no/such/dir"), 85.0).is_none());
+    }
+}
