@@ -45,6 +45,9 @@ pub struct SupervisorConfig {
     /// After a crash loop, how long the supervisor keeps the box up (status page showing the
     /// failure) before it exits non-zero.
     pub failed_exit_delay: Duration,
+    /// When started as root: run each service as its own system user `drimbox-<service>`.
+    /// Ignored when not root (the services then run as the current user).
+    pub run_as_service_users: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -271,6 +274,9 @@ impl Config {
         let failed_exit_delay = r
             .opt_int(&mut sv, "supervisor", "failed_exit_delay_seconds", 0, 3600)
             .unwrap_or(Some(30));
+        let run_as_service_users = r
+            .opt_bool(&mut sv, "supervisor", "run_as_service_users")
+            .unwrap_or(Some(true));
         r.finish(sv, "supervisor");
 
         let mut st = r.section(&mut root, "status");
@@ -334,6 +340,7 @@ impl Config {
                 restart_backoff_max: Duration::from_secs(backoff_max.expect("checked") as u64),
                 heartbeat_timeout: Duration::from_secs(heartbeat_timeout.expect("checked") as u64),
                 failed_exit_delay: Duration::from_secs(failed_exit_delay.expect("checked") as u64),
+                run_as_service_users: run_as_service_users.expect("checked"),
             },
             status: StatusConfig {
                 listen: status_listen.expect("checked"),
@@ -470,6 +477,19 @@ impl Reader {
                 self.problem(
                     &dotted(section, key),
                     format!("must be a string, not a {}", type_name(&other)),
+                );
+                Some(None)
+            }
+        }
+    }
+
+    fn opt_bool(&mut self, t: &mut toml::Table, section: &str, key: &str) -> Option<Option<bool>> {
+        match t.remove(key)? {
+            toml::Value::Boolean(b) => Some(Some(b)),
+            other => {
+                self.problem(
+                    &dotted(section, key),
+                    format!("must be true or false, not a {}", type_name(&other)),
                 );
                 Some(None)
             }

@@ -179,7 +179,17 @@ fn demo(dir: &Path, dicom_port: u16, ae_title: &str, status_port: u16) -> Result
 }
 
 fn service(name: &str, config_path: &Path) -> Result<ExitCode> {
-    let config = Config::load(config_path)?;
+    // The supervisor validated the file and the machine; a service (maybe a user that may not
+    // write where the supervisor probed) only parses it.
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let config = Config::parse(&text).map_err(|p| {
+        anyhow::anyhow!(
+            "{}: {} problem(s), run `drimbox config check`",
+            config_path.display(),
+            p.len()
+        )
+    })?;
     let stop = stop_flag()?;
     match name {
         "archive" => {

@@ -305,3 +305,28 @@ fn sysctl_file_parses() {
         );
     }
 }
+
+/// The image scripts (Buildroot's post-build/post-image, the vendoring helper) pass shellcheck:
+/// Buildroot cannot run here, so this is what CI can check of them.
+#[test]
+fn image_scripts_pass_shellcheck() {
+    let scripts: Vec<PathBuf> = ["buildroot/board/drimbox", "buildroot/package/drimbox"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(repo(d))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+        })
+        .filter(|p| p.extension().is_some_and(|e| e == "sh"))
+        .collect();
+    assert!(
+        scripts.len() >= 3,
+        "expected the image scripts, found {scripts:?}"
+    );
+    let o = Command::new("shellcheck")
+        .args(&scripts)
+        .output()
+        .unwrap_or_else(|e| panic!("shellcheck not runnable ({e}): apt-get install shellcheck"));
+    assert!(o.status.success(), "shellcheck:\n{}", text(&o.stdout));
+}

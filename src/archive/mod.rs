@@ -14,6 +14,7 @@ pub mod store;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
+use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -98,17 +99,29 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ArchiveError> {
         path: run_dir.clone(),
         source,
     })?;
+    // Under the supervisor the role sockets are opened by it (so that each belongs to its
+    // role's group, and survives our restarts) and handed down; standalone, we bind them.
+    let inherited =
+        crate::supervisor::sandbox::inherited_fds(crate::supervisor::sandbox::ENV_SOCKETS);
     let mut listeners = Vec::new();
+    let mut bound_here = Vec::new();
     for role in Role::ALL {
-        let path = role.socket_path(run_dir);
-        let _ = fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(|source| ArchiveError::Io {
-            what: "binding",
-            path: path.clone(),
-            source,
-        })?;
-        // Owner and group only: the supervisor gives each role's socket to that role's group.
-        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o660));
+        let listener = match inherited.iter().find(|(n, _)| n == role.name()) {
+            // SAFETY: the supervisor gave us this listening socket for our sole use.
+            Some((_, fd)) => unsafe { UnixListener::from_raw_fd(*fd) },
+            None => {
+                let path = role.socket_path(run_dir);
+                let _ = fs::remove_file(&path);
+                let l = UnixListener::bind(&path).map_err(|source| ArchiveError::Io {
+                    what: "binding",
+                    path: path.clone(),
+                    source,
+                })?;
+                let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o660));
+                bound_here.push(path);
+                l
+            }
+        };
         listener.set_nonblocking(true).expect("nonblocking");
         listeners.push((role, listener));
     }
@@ -153,8 +166,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ArchiveError> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    for role in Role::ALL {
-        let _ = fs::remove_file(role.socket_path(run_dir));
+    for path in bound_here {
+        let _ = fs::remove_file(path);
     }
     drop(jobs_tx);
     let _ = writer.join();

@@ -110,8 +110,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ReceiverError> 
         options = options.tls_config(tls_server_config(tls)?);
     }
     let addr = SocketAddr::new(d.listen, d.port);
-    let listener =
-        TcpListener::bind(addr).map_err(|source| ReceiverError::Bind { addr, source })?;
+    let listener = crate::supervisor::sandbox::tcp_listener(addr, "dicom")
+        .map_err(|source| ReceiverError::Bind { addr, source })?;
     let shared = Arc::new(Shared {
         options,
         tls: d.tls.is_some(),

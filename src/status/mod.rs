@@ -11,7 +11,7 @@ pub mod model;
 pub mod page;
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -287,7 +287,8 @@ struct Server {
 /// Runs the status service until `stop` is set.
 pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StatusError> {
     let addr = SocketAddr::new(config.status.listen, config.status.port);
-    let listener = TcpListener::bind(addr).map_err(|source| StatusError::Bind { addr, source })?;
+    let listener = crate::supervisor::sandbox::tcp_listener(addr, "http")
+        .map_err(|source| StatusError::Bind { addr, source })?;
     let server = Arc::new(Server {
         config: config.clone(),
         active: AtomicUsize::new(0),

@@ -13,8 +13,10 @@
 //! the supervisor exits non-zero so that systemd's policy applies. The supervisor writes what it
 //! knows to `<run_dir>/health.json` every second for the status page and `drimbox status`.
 
+pub mod layout;
 pub mod notify;
 pub mod policy;
+pub mod sandbox;
 
 use std::fs::File;
 use std::io::Read;
@@ -45,6 +47,15 @@ pub enum SupervisorError {
     ArchiveNotReady(Duration),
     #[error("service {0} is crash-looping; giving up")]
     CrashLoop(&'static str),
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxError),
+    #[error("cannot open {what}: {source}")]
+    Listen {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Layout { path: PathBuf, message: String },
 }
 
 /// The services `drimbox run` starts, in start order.
@@ -122,6 +133,33 @@ pub struct Supervisor {
     config: Config,
     policy: RestartPolicy,
     epoch: Instant,
+    /// Set when running as root with `run_as_service_users`: who each service runs as.
+    identities: Option<Identities>,
+    sockets: Option<Sockets>,
+}
+
+/// The service users and the box group, resolved once at start.
+struct Identities {
+    by_service: Vec<(&'static str, sandbox::Identity)>,
+    box_gid: u32,
+}
+
+impl Identities {
+    fn of(&self, service: &str) -> &sandbox::Identity {
+        &self
+            .by_service
+            .iter()
+            .find(|(n, _)| *n == service)
+            .expect("every service resolved")
+            .1
+    }
+}
+
+/// Listening sockets the supervisor opens and hands down (kept open across restarts).
+struct Sockets {
+    dicom: std::net::TcpListener,
+    http: std::net::TcpListener,
+    archive: Vec<(crate::ipc::Role, std::os::unix::net::UnixListener)>,
 }
 
 impl Supervisor {
@@ -138,7 +176,102 @@ impl Supervisor {
             config,
             policy,
             epoch: Instant::now(),
+            identities: None,
+            sockets: None,
         }
+    }
+
+    /// Before any service starts: who runs as whom, the directories with their owners, and
+    /// the listening sockets.
+    fn prepare(&mut self) -> Result<(), SupervisorError> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root && self.config.supervisor.run_as_service_users {
+            let mut by_service = Vec::new();
+            for name in SERVICES {
+                by_service.push((name, sandbox::identity(name)?));
+            }
+            let box_gid = sandbox::lookup_group(sandbox::BOX_GROUP)
+                .ok_or_else(|| sandbox::SandboxError::NoGroup(sandbox::BOX_GROUP.into()))?;
+            let ids = Identities {
+                by_service,
+                box_gid,
+            };
+            layout::ensure(&self.config, &ids)?;
+            log::info!(
+                "services run as their own users ({})",
+                SERVICES.map(sandbox::service_user).join(", ")
+            );
+            self.identities = Some(ids);
+        } else if root {
+            log::warn!("supervisor.run_as_service_users = false: every service runs as root");
+        }
+        self.sockets = Some(self.open_sockets()?);
+        Ok(())
+    }
+
+    fn open_sockets(&self) -> Result<Sockets, SupervisorError> {
+        use crate::ipc::Role;
+        let tcp = |what: &str, addr: std::net::SocketAddr| {
+            std::net::TcpListener::bind(addr).map_err(|source| SupervisorError::Listen {
+                what: format!("{what} port {addr}"),
+                source,
+            })
+        };
+        let c = &self.config;
+        let dicom = tcp(
+            "the DICOM",
+            std::net::SocketAddr::new(c.dicom.listen, c.dicom.port),
+        )?;
+        let http = tcp(
+            "the status",
+            std::net::SocketAddr::new(c.status.listen, c.status.port),
+        )?;
+        let mut archive = Vec::new();
+        for role in Role::ALL {
+            // A role's socket belongs to that role's group: connecting needs write permission
+            // on it, so the file mode is the capability (the receiver's socket: its group only;
+            // the reader's: the box group, for the status page and the administrators).
+            let group = self.identities.as_ref().map(|ids| match role {
+                Role::Receiver => ids.of("receiver").gid,
+                Role::Reader => ids.box_gid,
+            });
+            let path = role.socket_path(&c.storage.run_dir);
+            let l = layout::bind_unix(&path, group).map_err(|source| SupervisorError::Listen {
+                what: path.display().to_string(),
+                source,
+            })?;
+            archive.push((role, l));
+        }
+        Ok(Sockets {
+            dicom,
+            http,
+            archive,
+        })
+    }
+
+    /// The sockets a service inherits, and how it finds them (`name=fd` from fd 4 on).
+    fn sockets_for(&self, name: &str) -> (Vec<i32>, String) {
+        let Some(s) = &self.sockets else {
+            return (Vec::new(), String::new());
+        };
+        let named: Vec<(&str, i32)> = match name {
+            "archive" => s
+                .archive
+                .iter()
+                .map(|(r, l)| (r.name(), l.as_raw_fd()))
+                .collect(),
+            "receiver" => vec![("dicom", s.dicom.as_raw_fd())],
+            "status" => vec![("http", s.http.as_raw_fd())],
+            _ => Vec::new(),
+        };
+        let env = named
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| format!("{n}={}", sandbox::FIRST_SOCKET_FD + i as i32))
+            .collect::<Vec<_>>()
+            .join(",");
+        (named.into_iter().map(|(_, fd)| fd).collect(), env)
     }
 
     /// Starts one service with the write end of a fresh health pipe as fd 3.
@@ -155,31 +288,27 @@ impl Supervisor {
         // SAFETY: both descriptors were just created and are owned by nothing else.
         let (read_end, write_end) =
             unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let wfd = write_end.as_raw_fd();
+        let (sockets, sockets_env) = self.sockets_for(name);
+        let plan = sandbox::Plan {
+            health_fd: write_end.as_raw_fd(),
+            sockets,
+            identity: self.identities.as_ref().map(|ids| ids.of(name).clone()),
+            max_open_files: 4096,
+        };
         let mut cmd = Command::new(&self.exe);
         cmd.arg("service")
             .arg(name)
             .arg("--config")
             .arg(&self.config_path)
-            .env(control::ENV_FD, "3");
-        // SAFETY: only async-signal-safe calls between fork and exec: prctl asks the kernel to
-        // SIGTERM the child when the supervisor dies (no orphan after a `kill -9`); dup2 puts the
-        // health pipe on fd 3 (dup2 clears close-on-exec; if it already is fd 3, fcntl does).
+            .env(control::ENV_FD, "3")
+            .env(sandbox::ENV_SOCKETS, sockets_env)
+            // Only the supervisor speaks to systemd for the box.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
+        // SAFETY: `Plan::apply` makes only async-signal-safe calls (see sandbox.rs).
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let r = if wfd == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(wfd, 3)
-                };
-                if r < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || plan.apply());
         }
         let child = cmd.spawn().map_err(err)?;
         drop(write_end);
@@ -218,13 +347,18 @@ impl Supervisor {
     }
 
     /// Runs until `stop` is set (Ok) or a service crash-loops (Err, after the grace period).
-    pub fn run(&self, stop: Arc<AtomicBool>) -> Result<(), SupervisorError> {
+    pub fn run(mut self, stop: Arc<AtomicBool>) -> Result<(), SupervisorError> {
+        self.prepare()?;
         let notifier = Notifier::from_env();
         let mut services: Vec<Service> = Vec::new();
         let result = self.run_inner(&mut services, &stop, &notifier);
         notifier.send("STOPPING=1");
         shutdown(&mut services);
-        let _ = std::fs::remove_file(health_path(&self.config.storage.run_dir));
+        let run_dir = &self.config.storage.run_dir;
+        let _ = std::fs::remove_file(health_path(run_dir));
+        for role in crate::ipc::Role::ALL {
+            let _ = std::fs::remove_file(role.socket_path(run_dir));
+        }
         result
     }
 

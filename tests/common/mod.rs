@@ -49,6 +49,8 @@ pub struct Settings {
     pub crash_loop_count: u32,
     pub failed_exit_delay_seconds: u32,
     pub heartbeat_timeout_seconds: u32,
+    /// Only the isolation test runs the services as their own users (it creates them first).
+    pub run_as_service_users: bool,
     /// Environment of `drimbox run` (e.g. NOTIFY_SOCKET).
     pub env: Vec<(String, String)>,
     /// Do not wait for C-ECHO after the start (the test watches the start itself).
@@ -69,6 +71,7 @@ impl Default for Settings {
             crash_loop_count: 5,
             failed_exit_delay_seconds: 30,
             heartbeat_timeout_seconds: 10,
+            run_as_service_users: false,
             env: Vec::new(),
             no_wait: false,
             probe_args: Vec::new(),
@@ -129,12 +132,13 @@ impl DrimBox {
         text += &format!(
             "\n[archive]\nstable_after_seconds = {}\n\n[supervisor]\ncrash_loop_count = {}\n\
              restart_backoff_max_seconds = 2\nfailed_exit_delay_seconds = {}\n\
-             heartbeat_timeout_seconds = {}\n\n\
+             heartbeat_timeout_seconds = {}\nrun_as_service_users = {}\n\n\
              [status]\nlisten = \"127.0.0.1\"\nport = {status_port}\n",
             s.stable_after_seconds,
             s.crash_loop_count,
             s.failed_exit_delay_seconds,
-            s.heartbeat_timeout_seconds
+            s.heartbeat_timeout_seconds,
+            s.run_as_service_users
         );
         let config_path = dir.path().join("drimbox.toml");
         fs::write(&config_path, text).unwrap();
