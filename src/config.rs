@@ -31,6 +31,15 @@ pub struct StatusConfig {
     pub port: u16,
     /// Archive disk usage at or above this percentage turns the verdict to degraded.
     pub disk_warn_percent: u8,
+    /// Serve HTTPS with this certificate instead of plain HTTP.
+    pub tls: Option<StatusTls>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusTls {
+    /// PEM certificate chain (the box's certificate first).
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,15 +194,7 @@ impl Config {
 
         let mut d = r.section(&mut root, "dicom");
         let listen = r
-            .opt_str(&mut d, "dicom", "listen")
-            .map(|s| {
-                let s = s?;
-                let parsed = s.parse::<IpAddr>().ok();
-                if parsed.is_none() {
-                    r.problem("dicom.listen", format!("`{s}` is not an IP address"));
-                }
-                parsed
-            })
+            .opt_ip(&mut d, "dicom", "listen")
             .unwrap_or(Some(IpAddr::from([0, 0, 0, 0])));
         let port = r.opt_port(&mut d, "dicom", "port").unwrap_or(Some(11112));
         let ae_title = r
@@ -281,20 +282,28 @@ impl Config {
 
         let mut st = r.section(&mut root, "status");
         let status_listen = r
-            .opt_str(&mut st, "status", "listen")
-            .map(|s| {
-                let s = s?;
-                let parsed = s.parse::<IpAddr>().ok();
-                if parsed.is_none() {
-                    r.problem("status.listen", format!("`{s}` is not an IP address"));
-                }
-                parsed
-            })
+            .opt_ip(&mut st, "status", "listen")
             .unwrap_or(Some(IpAddr::from([0, 0, 0, 0])));
         let status_port = r.opt_port(&mut st, "status", "port").unwrap_or(Some(8080));
         let disk_warn = r
             .opt_int(&mut st, "status", "disk_warn_percent", 1, 100)
             .unwrap_or(Some(85));
+        let status_tls = match st.remove("tls") {
+            None => Some(None),
+            Some(v) => {
+                let mut t = r.expect_table(v, "status.tls");
+                let certificate = r.req_path(&mut t, "status.tls", "certificate");
+                let private_key = r.req_path(&mut t, "status.tls", "private_key");
+                r.finish(t, "status.tls");
+                match (certificate, private_key) {
+                    (Some(certificate), Some(private_key)) => Some(Some(StatusTls {
+                        certificate,
+                        private_key,
+                    })),
+                    _ => None,
+                }
+            }
+        };
         r.finish(st, "status");
 
         r.finish(root, "");
@@ -346,6 +355,7 @@ impl Config {
                 listen: status_listen.expect("checked"),
                 port: status_port.expect("checked"),
                 disk_warn_percent: disk_warn.expect("checked") as u8,
+                tls: status_tls.expect("checked"),
             },
         })
     }
@@ -363,6 +373,19 @@ impl Config {
                     key: key.into(),
                     message: format!("{} is not a writable directory: {e}", dir.display()),
                 });
+            }
+        }
+        if let Some(tls) = &self.status.tls {
+            for (key, file) in [
+                ("status.tls.certificate", &tls.certificate),
+                ("status.tls.private_key", &tls.private_key),
+            ] {
+                if let Err(e) = std::fs::File::open(file) {
+                    problems.push(Problem {
+                        key: key.into(),
+                        message: format!("cannot read {}: {e}", file.display()),
+                    });
+                }
             }
         }
         if let Some(tls) = &self.dicom.tls {
@@ -396,7 +419,10 @@ impl Config {
              stable_after_seconds = 60\n\n\
              [status]\n\
              listen = \"127.0.0.1\"\n\
-             port = {status_port}\n",
+             port = {status_port}\n\n\
+             # A developer's box: every service runs as whoever started the demo.\n\
+             [supervisor]\n\
+             run_as_service_users = false\n",
             dir = dir.join("data").display().to_string(),
         )
     }
@@ -481,6 +507,17 @@ impl Reader {
                 Some(None)
             }
         }
+    }
+
+    fn opt_ip(&mut self, t: &mut toml::Table, section: &str, key: &str) -> Option<Option<IpAddr>> {
+        let s = self.opt_str(t, section, key)?;
+        Some(s.and_then(|s| {
+            let parsed = s.parse::<IpAddr>().ok();
+            if parsed.is_none() {
+                self.problem(&dotted(section, key), format!("`{s}` is not an IP address"));
+            }
+            parsed
+        }))
     }
 
     fn opt_bool(&mut self, t: &mut toml::Table, section: &str, key: &str) -> Option<Option<bool>> {
@@ -616,6 +653,33 @@ mod tests {
         assert_eq!(c.storage.run_dir, PathBuf::from("/var/lib/drimbox/run"));
         assert_eq!(c.archive.stable_after, Duration::from_secs(60));
         assert!(c.dicom.tls.is_none());
+    }
+
+    #[test]
+    fn status_and_supervisor_keys() {
+        let c = Config::parse("[storage]\ndata_dir = \"/d\"\n").unwrap();
+        assert_eq!((c.status.port, c.status.disk_warn_percent), (8080, 85));
+        assert!(c.supervisor.run_as_service_users);
+        assert_eq!(c.supervisor.heartbeat_timeout, Duration::from_secs(10));
+        let text = "[storage]\ndata_dir = \"/d\"\n[dicom]\nport = 8080\n\
+                    [status]\nlisten = \"lan\"\ndisk_warn_percent = 0\n\
+                    [supervisor]\nrun_as_service_users = \"yes\"\nheartbeat_timeout_seconds = 1\n";
+        let problems = Config::parse(text).unwrap_err();
+        let k = keys(&problems);
+        for expected in [
+            "status.listen",
+            "status.disk_warn_percent",
+            "status.port",
+            "supervisor.run_as_service_users",
+            "supervisor.heartbeat_timeout_seconds",
+        ] {
+            assert!(
+                k.contains(&expected),
+                "{expected} not reported: {problems:?}"
+            );
+        }
+        let clash = problems.iter().find(|p| p.key == "status.port").unwrap();
+        assert_eq!(clash.message, "port 8080 is already used by dicom.port");
     }
 
     #[test]

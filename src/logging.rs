@@ -1,5 +1,8 @@
-//! Logging: journald (with a SERVICE field) when the process runs under systemd's journal,
-//! stderr otherwise. Log lines carry UIDs, AE titles and counts, never patient data.
+//! Logging: journald when the process runs under systemd's journal, stderr otherwise. Log lines
+//! carry UIDs, AE titles and counts, never patient data. In the journal every line has the field
+//! SERVICE (and SYSLOG_IDENTIFIER drimbox-<service>), and lines about an instance or a study
+//! carry STUDY_UID, SOP_UID, PEER_AE (and DICOM_STATUS) from the record's key-values, so that
+//! `journalctl SOP_UID=1.2.3…` finds every line about one instance.
 
 use std::io::Write;
 

@@ -216,6 +216,50 @@ fn dicom_tls_with_client_certificates() {
 }
 
 #[test]
+fn status_page_over_https_with_a_configured_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    mint_pki(pki.path(), "good");
+    let p = |f: &str| pki.path().join(f);
+    let b = DrimBox::start(Settings {
+        status_tls: Some((p("good-server.pem"), p("good-server.key"))),
+        ..Settings::default()
+    });
+    let url = format!("https://127.0.0.1:{}/status.json", b.status_port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let o = Command::new("curl")
+            .args(["-sS", "--fail", "--cacert"])
+            .arg(p("good-ca.pem"))
+            .arg(&url)
+            .output()
+            .expect("curl (apt-get install curl)");
+        if o.status.success() {
+            break String::from_utf8_lossy(&o.stdout).to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no HTTPS status page: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["schema"], 1);
+    // A client that does not trust the box's CA is refused by curl; plain HTTP gets no page.
+    let o = Command::new("curl").args(["-sS", &url]).output().unwrap();
+    assert!(
+        !o.status.success(),
+        "curl trusted an unknown CA: {}",
+        text(&o)
+    );
+    let plain = try_http_get(b.status_port, "/status.json");
+    assert!(
+        !matches!(plain, Ok((200, _))),
+        "plain HTTP answered on the TLS port"
+    );
+}
+
+#[test]
 fn recovery_reconciles_tampered_store_and_counts_it() {
     let mut b = DrimBox::start(Settings::default());
     let tmp = tempfile::tempdir().unwrap();

@@ -302,7 +302,7 @@ fn writer_loop(
             match db.settle(now, quiet_ms) {
                 Ok(settled) => {
                     for uid in settled {
-                        log::info!("study {uid} is stable");
+                        log::info!(study_uid = uid.as_str(); "study {uid} is stable");
                     }
                 }
                 Err(e) => log::error!("marking studies stable: {e}"),

@@ -277,6 +277,8 @@ struct Incoming {
     written: u64,
     /// Bytes of the file already handed to the kernel for writeback (see `start_writeback`).
     flushed_to: u64,
+    /// Known once the data set was parsed (for the journal's STUDY_UID field).
+    study_uid: Option<String>,
     /// First failure; the rest of the data set is read and discarded, then this is answered.
     failed: Option<(u16, String)>,
 }
@@ -360,6 +362,7 @@ where
         assoc_id: shared.seq.fetch_add(1, Ordering::Relaxed),
     };
     log::info!(
+        peer_ae = a.calling_ae.as_str();
         "association {} from {} ({peer}): {} presentation context(s) accepted",
         a.assoc_id,
         a.calling_ae,
@@ -537,6 +540,7 @@ impl Association<'_> {
                     meta_len: 0,
                     written: 0,
                     flushed_to: 0,
+                    study_uid: None,
                     failed: None,
                 };
                 if inc.sop_class != context.1 {
@@ -578,6 +582,9 @@ impl Association<'_> {
             Ok(outcome) => {
                 self.shared.instances_stored.fetch_add(1, Ordering::Relaxed);
                 log::info!(
+                    study_uid = inc.study_uid.as_deref().unwrap_or(""),
+                    sop_uid = inc.sop_instance.as_str(),
+                    peer_ae = self.calling_ae.as_str();
                     "stored {} ({:?}, {} bytes) from {}",
                     inc.sop_instance,
                     outcome,
@@ -592,6 +599,10 @@ impl Association<'_> {
                     .fetch_add(1, Ordering::Relaxed);
                 inc.fail(status, why.clone());
                 log::warn!(
+                    study_uid = inc.study_uid.as_deref().unwrap_or(""),
+                    sop_uid = inc.sop_instance.as_str(),
+                    peer_ae = self.calling_ae.as_str(),
+                    dicom_status = format!("{status:04X}").as_str();
                     "C-STORE {} from {} refused with {status:04X}: {why}",
                     inc.sop_instance,
                     self.calling_ae
@@ -624,6 +635,7 @@ impl Association<'_> {
             v.ok_or_else(|| (status::CANNOT_UNDERSTAND, format!("data set lacks {what}")))
         };
         let study_uid = need(seen.study_uid, "Study Instance UID")?;
+        inc.study_uid = Some(study_uid.clone());
         let series_uid = need(seen.series_uid, "Series Instance UID")?;
         let sop_uid = need(seen.sop_instance_uid, "SOP Instance UID")?;
         let sop_class = need(seen.sop_class_uid, "SOP Class UID")?;

@@ -10,8 +10,8 @@ pub mod metrics;
 pub mod model;
 pub mod page;
 
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +34,8 @@ const HEALTH_STALE_MS: i64 = 5_000;
 pub enum StatusError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("status page TLS: {0}")]
+    Tls(String),
 }
 
 pub fn firmware() -> Firmware {
@@ -295,8 +297,12 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StatusError> {
         requests: AtomicU64::new(0),
         refused: AtomicU64::new(0),
     });
+    let tls = config.status.tls.as_ref().map(tls_config).transpose()?;
     let mut reporter = Reporter::from_env();
-    log::info!("status page ready on http://{addr}/");
+    log::info!(
+        "status page ready on {}://{addr}/",
+        if tls.is_some() { "https" } else { "http" }
+    );
     let fd = listener.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
         reporter.beat(true, || {
@@ -330,14 +336,20 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StatusError> {
         if server.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             server.active.fetch_sub(1, Ordering::SeqCst);
             server.refused.fetch_add(1, Ordering::Relaxed);
-            let _ = respond(&stream, 503, "Service Unavailable", "text/plain", b"busy\n");
+            let _ = respond(&mut &stream, plain(503, "Service Unavailable", "busy\n"));
             continue;
         }
         let server = server.clone();
+        let tls = tls.clone();
         let spawned = std::thread::Builder::new()
             .name("http".into())
             .spawn(move || {
-                let _ = serve(&server, stream);
+                let _ = match &tls {
+                    Some(cfg) => rustls::ServerConnection::new(cfg.clone())
+                        .map_err(io::Error::other)
+                        .and_then(|conn| serve(&server, rustls::StreamOwned::new(conn, stream))),
+                    None => serve(&server, stream),
+                };
                 server.active.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -347,45 +359,53 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StatusError> {
     Ok(())
 }
 
-fn serve(server: &Server, stream: TcpStream) -> io::Result<()> {
-    let mut reader = BufReader::new(io::Read::take(&stream, MAX_REQUEST));
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    // Read (and discard) the headers; a request that does not end them within the limit is bad.
-    let mut complete = false;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 {
-            break;
+/// One request on one connection (plain or TLS): read the head (bounded), answer, close.
+fn serve<S: Read + Write>(server: &Server, mut stream: S) -> io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let complete = loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            break true;
         }
-        if h == "\r\n" || h == "\n" {
-            complete = true;
-            break;
+        if head.len() as u64 >= MAX_REQUEST {
+            break false;
         }
-    }
+        match stream.read(&mut buf)? {
+            0 => break false,
+            n => head.extend_from_slice(&buf[..n]),
+        }
+    };
     server.requests.fetch_add(1, Ordering::Relaxed);
+    let answer = if complete {
+        route(server, &String::from_utf8_lossy(&head))
+    } else {
+        plain(400, "Bad Request", "malformed or oversized request\n")
+    };
+    respond(&mut stream, answer)
+}
+
+/// (code, reason, content type, body)
+type Answer = (u16, &'static str, &'static str, Vec<u8>);
+
+fn plain(code: u16, reason: &'static str, text: &str) -> Answer {
+    (
+        code,
+        reason,
+        "text/plain; charset=utf-8",
+        text.as_bytes().to_vec(),
+    )
+}
+
+/// What to answer to a request head.
+fn route(server: &Server, head: &str) -> Answer {
+    let line = head.lines().next().unwrap_or("");
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if !complete || !line.ends_with('\n') {
-        return respond(
-            &stream,
-            400,
-            "Bad Request",
-            "text/plain",
-            b"malformed request\n",
-        );
-    }
     if method != "GET" && method != "HEAD" {
-        return respond(
-            &stream,
-            405,
-            "Method Not Allowed",
-            "text/plain",
-            b"read-only: GET only\n",
-        );
+        return plain(405, "Method Not Allowed", "read-only: GET only\n");
     }
     let path = target.split('?').next().unwrap_or("");
-    let (ctype, body) = match path {
+    let (ctype, mut body) = match path {
         "/" | "/index.html" => (
             "text/html; charset=utf-8",
             page::render_html(&collect(&server.config)).into_bytes(),
@@ -398,19 +418,15 @@ fn serve(server: &Server, stream: TcpStream) -> io::Result<()> {
             "text/plain; version=0.0.4; charset=utf-8",
             metrics::render_metrics(&collect(&server.config)).into_bytes(),
         ),
-        _ => return respond(&stream, 404, "Not Found", "text/plain", b"not found\n"),
+        _ => return plain(404, "Not Found", "not found\n"),
     };
-    let body: &[u8] = if method == "HEAD" { &[] } else { &body };
-    respond(&stream, 200, "OK", ctype, body)
+    if method == "HEAD" {
+        body.clear();
+    }
+    (200, "OK", ctype, body)
 }
 
-fn respond(
-    mut stream: &TcpStream,
-    code: u16,
-    reason: &str,
-    ctype: &str,
-    body: &[u8],
-) -> io::Result<()> {
+fn respond(stream: &mut impl Write, (code, reason, ctype, body): Answer) -> io::Result<()> {
     let head = format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
@@ -419,8 +435,33 @@ fn respond(
         body.len()
     );
     stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
+    stream.write_all(&body)?;
     stream.flush()
+}
+
+/// The status page's TLS configuration: the configured certificate chain and key, no client
+/// authentication (a browser on the practice LAN).
+fn tls_config(tls: &crate::config::StatusTls) -> Result<Arc<rustls::ServerConfig>, StatusError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let err = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        StatusError::Tls(format!("{what} {}: {e}", path.display()))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.certificate)
+        .map_err(|e| err("reading certificate", &tls.certificate, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("parsing certificate", &tls.certificate, &e))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.private_key)
+        .map_err(|e| err("reading private key", &tls.private_key, &e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StatusError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| StatusError::Tls(format!("certificate/key: {e}")))?;
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

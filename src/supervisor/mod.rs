@@ -45,6 +45,8 @@ pub enum SupervisorError {
     },
     #[error("the archive did not become ready within {0:?}")]
     ArchiveNotReady(Duration),
+    #[error("the archive exited while starting ({0}); its log says why")]
+    ArchiveExited(String),
     #[error("service {0} is crash-looping; giving up")]
     CrashLoop(&'static str),
     #[error(transparent)]
@@ -337,13 +339,26 @@ impl Supervisor {
         Ok(())
     }
 
-    fn wait_archive(&self) -> Result<(), SupervisorError> {
+    /// Waits for the archive to answer; an archive that exits meanwhile is a start failure
+    /// (named, with its exit status), not a minute of waiting.
+    fn wait_archive(&self, archive: &mut Service) -> Result<(), SupervisorError> {
         let timeout = Duration::from_secs(60);
-        if crate::archive::wait_ready(&self.config.storage.run_dir, timeout) {
-            Ok(())
-        } else {
-            Err(SupervisorError::ArchiveNotReady(timeout))
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if crate::archive::wait_ready(&self.config.storage.run_dir, Duration::from_millis(200))
+            {
+                return Ok(());
+            }
+            if let Some(status) = archive
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                archive.child = None;
+                return Err(SupervisorError::ArchiveExited(status.to_string()));
+            }
         }
+        Err(SupervisorError::ArchiveNotReady(timeout))
     }
 
     /// Runs until `stop` is set (Ok) or a service crash-loops (Err, after the grace period).
@@ -385,10 +400,10 @@ impl Supervisor {
                 wedged_at: None,
             };
             self.start(&mut s)?;
-            services.push(s);
             if name == "archive" {
-                self.wait_archive()?;
+                self.wait_archive(&mut s)?;
             }
+            services.push(s);
         }
         log::info!("all services started");
         let heartbeat_timeout = self.config.supervisor.heartbeat_timeout;

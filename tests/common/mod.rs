@@ -53,6 +53,8 @@ pub struct Settings {
     pub run_as_service_users: bool,
     /// Environment of `drimbox run` (e.g. NOTIFY_SOCKET).
     pub env: Vec<(String, String)>,
+    /// HTTPS for the status page: (certificate, private key).
+    pub status_tls: Option<(PathBuf, PathBuf)>,
     /// Do not wait for C-ECHO after the start (the test watches the start itself).
     pub no_wait: bool,
     /// Extra echoscu arguments for the readiness probe (TLS client certificate).
@@ -74,6 +76,7 @@ impl Default for Settings {
             run_as_service_users: false,
             env: Vec::new(),
             no_wait: false,
+            status_tls: None,
             probe_args: Vec::new(),
         }
     }
@@ -140,6 +143,13 @@ impl DrimBox {
             s.heartbeat_timeout_seconds,
             s.run_as_service_users
         );
+        if let Some((cert, key)) = &s.status_tls {
+            text += &format!(
+                "\n[status.tls]\ncertificate = {:?}\nprivate_key = {:?}\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            );
+        }
         let config_path = dir.path().join("drimbox.toml");
         fs::write(&config_path, text).unwrap();
         let log_path = dir.path().join("drimbox.log");
