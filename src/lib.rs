@@ -1,9 +1,11 @@
 //! DRIMbox appliance firmware. See ARCHITECTURE.md for the map.
 
 pub mod archive;
+pub mod base64;
 pub mod config;
 pub mod control;
 pub mod dicom;
+pub mod hl7;
 pub mod ipc;
 pub mod logging;
 pub mod status;
