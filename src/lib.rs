@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod base64;
+pub mod cda;
 pub mod config;
 pub mod control;
 pub mod dicom;
