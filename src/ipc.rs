@@ -24,16 +24,19 @@ pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Receiver,
+    /// The HL7 listener: records report messages.
+    Hl7,
     /// Read-only views for `drimbox status`, the status page and tests.
     Reader,
 }
 
 impl Role {
-    pub const ALL: [Role; 2] = [Role::Receiver, Role::Reader];
+    pub const ALL: [Role; 3] = [Role::Receiver, Role::Hl7, Role::Reader];
 
     pub fn name(self) -> &'static str {
         match self {
             Role::Receiver => "receiver",
+            Role::Hl7 => "hl7",
             Role::Reader => "reader",
         }
     }
@@ -45,6 +48,7 @@ impl Role {
     pub fn allows(self, request: &Request) -> bool {
         match request {
             Request::RegisterInstance(_) => self == Role::Receiver,
+            Request::RecordReport(_) => self == Role::Hl7,
             Request::Ping | Request::Summary | Request::Study { .. } => true,
         }
     }
@@ -62,6 +66,9 @@ pub enum Request {
     /// A fully received, fsync'd instance waits in the staging directory: move it into the store
     /// and index it, durably, then answer.
     RegisterInstance(Box<NewInstance>),
+    /// A report message, fsync'd in the HL7 staging directory: record it durably (or say it
+    /// was recorded already, with the ACK it got then), then answer.
+    RecordReport(Box<NewReport>),
     Summary,
     Study {
         study_uid: String,
@@ -73,6 +80,7 @@ pub enum Request {
 pub enum Response {
     Pong,
     Registered(RegisterOutcome),
+    ReportRecorded(ReportOutcome),
     Summary(crate::archive::model::Summary),
     Study(Option<crate::archive::model::StudyView>),
     Error(ArchiveFailure),
@@ -87,6 +95,36 @@ pub enum RegisterOutcome {
     Duplicate,
     /// Same SOP Instance UID, different bytes: the new version replaced the old one.
     Replaced,
+}
+
+/// A report message as the HL7 listener read it. Patient fields are stored, never logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewReport {
+    /// File name inside the HL7 staging directory.
+    pub staging_name: String,
+    /// Idempotence key: sending application, sending facility and MSH-10.
+    pub key: String,
+    /// `ORU^R01`, `MDM^T02`, …
+    pub message_type: String,
+    /// `publish`, `replace` or `delete`.
+    pub action: String,
+    pub ins: String,
+    pub ins_oid: String,
+    /// Study Instance UIDs of the CDA's serviceEvents.
+    pub study_uids: Vec<String>,
+    pub accession: Option<String>,
+    pub size: u64,
+    pub sha256: String,
+    /// The AA this message gets, base64 (kept so a re-sent message gets the very same ACK).
+    pub ack_base64: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportOutcome {
+    /// The key was recorded before: nothing new was written.
+    pub duplicate: bool,
+    /// The ACK to send (the stored one for a duplicate), base64.
+    pub ack_base64: String,
 }
 
 /// Why the archive could not do what was asked. `kind` drives the DICOM status the receiver

@@ -36,6 +36,8 @@ enum Cmd {
         ae_title: String,
         #[arg(long, default_value_t = 8080)]
         status_port: u16,
+        #[arg(long, default_value_t = 2575)]
+        hl7_port: u16,
     },
     /// Configuration tools.
     Config {
@@ -130,7 +132,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dicom_port,
             ae_title,
             status_port,
-        } => demo(&dir, dicom_port, &ae_title, status_port),
+            hl7_port,
+        } => demo(&dir, dicom_port, &ae_title, status_port, hl7_port),
         Cmd::Service { name, config } => service(&name, &config),
         Cmd::Status { target, json } => status(&target, json),
         Cmd::Study { study_uid, target } => study(&target, &study_uid),
@@ -145,13 +148,19 @@ fn supervise(config_path: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo(dir: &Path, dicom_port: u16, ae_title: &str, status_port: u16) -> Result<ExitCode> {
+fn demo(
+    dir: &Path,
+    dicom_port: u16,
+    ae_title: &str,
+    status_port: u16,
+    hl7_port: u16,
+) -> Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
     let config_path = dir.join("drimbox.toml");
-    let text = Config::demo_text(&dir, dicom_port, ae_title, status_port);
+    let text = Config::demo_text(&dir, dicom_port, ae_title, status_port, hl7_port);
     if let Err(problems) = Config::parse(&text) {
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         bail!("invalid demo settings: {}", list.join("; "));
@@ -168,6 +177,10 @@ fn demo(dir: &Path, dicom_port: u16, ae_title: &str, status_port: u16) -> Result
     println!(
         "  data lands in : {}/studies/<StudyInstanceUID>/<SOPInstanceUID>.dcm",
         config.storage.data_dir.display()
+    );
+    println!(
+        "  HL7 reports   : MLLP at 127.0.0.1:{}  (ORU^R01 / MDM^T02, T04, T10 carrying the CDA)",
+        config.hl7.port
     );
     println!(
         "  status page   : http://127.0.0.1:{}/  (also /status.json, /metrics; `drimbox status --dir {}`)",
@@ -199,6 +212,10 @@ fn service(name: &str, config_path: &Path) -> Result<ExitCode> {
         "receiver" => {
             drimbox::logging::init("receiver", config.log.level);
             drimbox::dicom::scp::run(&config, stop)?;
+        }
+        "hl7" => {
+            drimbox::logging::init("hl7", config.log.level);
+            drimbox::hl7::listener::run(&config, stop)?;
         }
         "status" => {
             drimbox::logging::init("status", config.log.level);

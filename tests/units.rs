@@ -260,6 +260,8 @@ fn tmpfiles_creates_the_data_directory_with_its_owners() {
         ("studies", 0o750, uid("drimbox-archive")),
         ("quarantine", 0o750, uid("drimbox-archive")),
         ("staging", 0o2770, uid("drimbox-receiver")),
+        ("hl7-staging", 0o2770, uid("drimbox-hl7")),
+        ("reports", 0o750, uid("drimbox-archive")),
         ("keys", 0o750, 0),
     ] {
         let meta =

@@ -12,7 +12,7 @@ use redb::{
 };
 
 use super::model::{
-    InstanceRow, InstanceView, Rejection, RejectionNoteRef, StudyRow, StudyView, Summary,
+    InstanceRow, InstanceView, Rejection, RejectionNoteRef, ReportRow, StudyRow, StudyView, Summary,
 };
 use crate::ipc::NewInstance;
 
@@ -29,6 +29,8 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// known to have completed, the row may be durable while the bytes are not. Cleared by the next
 /// commit; whatever a crash leaves here, recovery checks against the file's hash.
 const IN_DOUBT: TableDefinition<&str, ()> = TableDefinition::new("in_doubt");
+/// Recorded report messages by idempotence key (JSON `ReportRow`).
+const REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("reports");
 /// Instances flagged `missing`, so that counting them does not scan every row.
 const MISSING: TableDefinition<&str, ()> = TableDefinition::new("missing");
 
@@ -96,6 +98,7 @@ impl Db {
             txn.open_table(UNSTABLE)?;
             txn.open_table(IN_DOUBT)?;
             txn.open_table(MISSING)?;
+            txn.open_table(REPORTS)?;
             let mut meta = txn.open_table(META)?;
             let found = meta.get("schema")?.map(|v| v.value().to_string());
             match found {
@@ -161,6 +164,7 @@ impl Db {
             s.bytes += row.bytes;
         }
         s.missing_files = txn.open_table(MISSING)?.len()?;
+        s.reports = txn.open_table(REPORTS)?.len()?;
         Ok(s)
     }
 
@@ -292,6 +296,19 @@ pub fn set_in_doubt(
     for sop in add {
         t.insert(sop.as_str(), ())?;
     }
+    Ok(())
+}
+
+/// A recorded report, inside a write transaction.
+pub fn report_in(txn: &WriteTransaction, key: &str) -> Result<Option<ReportRow>, DbError> {
+    let t = txn.open_table(REPORTS)?;
+    let v = t.get(key)?;
+    v.map(|v| decode(key, v.value())).transpose()
+}
+
+pub fn insert_report(txn: &WriteTransaction, key: &str, row: &ReportRow) -> Result<(), DbError> {
+    txn.open_table(REPORTS)?
+        .insert(key, encode(row).as_slice())?;
     Ok(())
 }
 

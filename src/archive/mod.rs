@@ -154,9 +154,10 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ArchiveError> {
                     let db = db.clone();
                     let jobs = jobs_tx.clone();
                     let role = *role;
+                    let layout = layout.clone();
                     let _ = std::thread::Builder::new()
                         .name(format!("ipc-{}", role.name()))
-                        .spawn(move || serve_connection(stream, role, &db, &jobs));
+                        .spawn(move || serve_connection(stream, role, &db, &layout, &jobs));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => log::warn!("accept on {} socket: {e}", role.name()),
@@ -175,7 +176,13 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-fn serve_connection(mut stream: UnixStream, role: Role, db: &Db, jobs: &mpsc::SyncSender<Job>) {
+fn serve_connection(
+    mut stream: UnixStream,
+    role: Role,
+    db: &Db,
+    layout: &Layout,
+    jobs: &mpsc::SyncSender<Job>,
+) {
     match ipc::read_frame::<Hello>(&mut stream) {
         Ok(Some(h)) if h.version == ipc::PROTOCOL_VERSION => {}
         Ok(Some(h)) => {
@@ -209,7 +216,7 @@ fn serve_connection(mut stream: UnixStream, role: Role, db: &Db, jobs: &mpsc::Sy
                 message: format!("role {} may not make this request", role.name()),
             })
         } else {
-            answer(request, db, jobs)
+            answer(request, db, layout, jobs)
         };
         if ipc::write_frame(&mut stream, &response).is_err() {
             return;
@@ -228,8 +235,12 @@ fn db_failure(e: impl std::fmt::Display) -> ArchiveFailure {
     failure(FailureKind::Resources, e.to_string())
 }
 
-fn answer(request: Request, db: &Db, jobs: &mpsc::SyncSender<Job>) -> Response {
+fn answer(request: Request, db: &Db, layout: &Layout, jobs: &mpsc::SyncSender<Job>) -> Response {
     match request {
+        Request::RecordReport(report) => match record_report(db, layout, &report) {
+            Ok(outcome) => Response::ReportRecorded(outcome),
+            Err(f) => Response::Error(f),
+        },
         Request::Ping => Response::Pong,
         Request::Summary => match db.summary(today_start_ms(now_ms())) {
             Ok(s) => Response::Summary(s),
@@ -513,6 +524,73 @@ fn register_one(
     Ok(match recorded {
         Recorded::Stored => Placed::Done(RegisterOutcome::Stored, None),
         Recorded::Replaced { old_file } => Placed::Done(RegisterOutcome::Replaced, Some(old_file)),
+    })
+}
+
+/// Records a report message durably, in order: the listener fsync'd the staging file; it is
+/// renamed into `reports/`, the directory fsync'd, then the row committed — and only then does
+/// the listener send AA. Reports are rare next to instances, so they take this strict path
+/// rather than the writer's flush rounds. The same key again: nothing written, the stored ACK.
+fn record_report(
+    db: &Db,
+    layout: &Layout,
+    new: &crate::ipc::NewReport,
+) -> Result<crate::ipc::ReportOutcome, ArchiveFailure> {
+    let staged = layout.hl7_staging().join(&new.staging_name);
+    if !is_safe_staging_name(&new.staging_name) {
+        return Err(failure(FailureKind::Invalid, "bad staging file name"));
+    }
+    let txn = db.begin_write().map_err(db_failure)?;
+    if let Some(row) = db::report_in(&txn, &new.key).map_err(db_failure)? {
+        let _ = fs::remove_file(&staged);
+        if row.sha256 != new.sha256 {
+            // Not a re-send: another message under a control id already used. Refused, so that
+            // neither is silently lost.
+            return Err(failure(
+                FailureKind::Invalid,
+                "this MSH-10 was already used by this sender for a different message",
+            ));
+        }
+        return Ok(crate::ipc::ReportOutcome {
+            duplicate: true,
+            ack_base64: row.ack_base64,
+        });
+    }
+    let name = format!(
+        "{}-{}.hl7",
+        now_ms(),
+        new.sha256.get(..16).unwrap_or("report")
+    );
+    let dest = layout.reports().join(&name);
+    let resources =
+        |what: &str, e: io::Error| failure(FailureKind::Resources, format!("{what}: {e}"));
+    fs::rename(&staged, &dest).map_err(|e| {
+        let _ = fs::remove_file(&staged);
+        resources("moving the report into the store", e)
+    })?;
+    let undo = |f: ArchiveFailure| {
+        let _ = fs::remove_file(&dest);
+        f
+    };
+    fsync_dir(&layout.reports()).map_err(|e| undo(resources("fsync of reports", e)))?;
+    let row = crate::archive::model::ReportRow {
+        file: format!("reports/{name}"),
+        sha256: new.sha256.clone(),
+        size: new.size,
+        message_type: new.message_type.clone(),
+        action: new.action.clone(),
+        ins: new.ins.clone(),
+        ins_oid: new.ins_oid.clone(),
+        study_uids: new.study_uids.clone(),
+        accession: new.accession.clone(),
+        received_ms: now_ms(),
+        ack_base64: new.ack_base64.clone(),
+    };
+    db::insert_report(&txn, &new.key, &row).map_err(|e| undo(db_failure(e)))?;
+    txn.commit().map_err(|e| undo(db_failure(e)))?;
+    Ok(crate::ipc::ReportOutcome {
+        duplicate: false,
+        ack_base64: new.ack_base64.clone(),
     })
 }
 

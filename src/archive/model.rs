@@ -86,6 +86,26 @@ pub struct Summary {
     /// Indexed instances whose file was missing at the last recovery.
     pub missing_files: u64,
     pub bytes: u64,
+    /// Report messages recorded (HL7).
+    #[serde(default)]
+    pub reports: u64,
+}
+
+/// One recorded report message, keyed by its idempotence key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRow {
+    /// Store-relative path of the message bytes (`reports/<name>.hl7`).
+    pub file: String,
+    pub sha256: String,
+    pub size: u64,
+    pub message_type: String,
+    pub action: String,
+    pub ins: String,
+    pub ins_oid: String,
+    pub study_uids: Vec<String>,
+    pub accession: Option<String>,
+    pub received_ms: i64,
+    pub ack_base64: String,
 }
 
 /// A study as shown to readers: UIDs and counts, no patient data.

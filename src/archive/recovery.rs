@@ -76,14 +76,17 @@ pub fn recover(layout: &Layout, db: &Db) -> Result<RecoveryReport, ArchiveError>
     let mut report = RecoveryReport::default();
     resolve_in_doubt(layout, db, &mut report)?;
 
-    let staging = layout.staging();
-    for entry in fs::read_dir(&staging).map_err(io_err("reading", &staging))? {
-        let entry = entry.map_err(io_err("reading", &staging))?;
-        fs::remove_file(entry.path()).map_err(io_err("removing", &entry.path()))?;
-        report.staging_removed += 1;
-    }
-    if report.staging_removed > 0 {
-        fsync_dir(&staging).map_err(io_err("fsync", &staging))?;
+    // Both staging directories: what is there was never acknowledged (instances, reports).
+    for staging in [layout.staging(), layout.hl7_staging()] {
+        let before = report.staging_removed;
+        for entry in fs::read_dir(&staging).map_err(io_err("reading", &staging))? {
+            let entry = entry.map_err(io_err("reading", &staging))?;
+            fs::remove_file(entry.path()).map_err(io_err("removing", &entry.path()))?;
+            report.staging_removed += 1;
+        }
+        if report.staging_removed > before {
+            fsync_dir(&staging).map_err(io_err("fsync", &staging))?;
+        }
     }
 
     let indexed: HashMap<String, String> = db.instance_files()?;

@@ -35,6 +35,14 @@ impl Layout {
     pub fn quarantine(&self) -> PathBuf {
         self.data_dir.join("quarantine")
     }
+    /// The HL7 listener writes report messages here, fsyncs them, then asks the archive.
+    pub fn hl7_staging(&self) -> PathBuf {
+        self.data_dir.join("hl7-staging")
+    }
+    /// Recorded report messages, byte for byte as received.
+    pub fn reports(&self) -> PathBuf {
+        self.data_dir.join("reports")
+    }
     /// Store-relative path of an instance file.
     pub fn instance_rel(study_uid: &str, sop_uid: &str, version: u32) -> String {
         if version <= 1 {
@@ -49,7 +57,13 @@ impl Layout {
 
     /// Creates the directories (durably) if they are missing.
     pub fn create(&self) -> io::Result<()> {
-        for dir in [self.staging(), self.studies(), self.quarantine()] {
+        for dir in [
+            self.staging(),
+            self.studies(),
+            self.quarantine(),
+            self.hl7_staging(),
+            self.reports(),
+        ] {
             if !dir.is_dir() {
                 fs::create_dir_all(&dir)?;
                 fsync_dir(&self.data_dir)?;

@@ -3,5 +3,6 @@
 //! acknowledgements (`ack`). The MLLP listener (its own process) builds on them.
 
 pub mod ack;
+pub mod listener;
 pub mod message;
 pub mod report;

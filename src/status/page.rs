@@ -554,6 +554,7 @@ pub(crate) mod fixtures {
                 rejection_notes: 1,
                 missing_files: 0,
                 bytes: 25_769_803_776,
+                reports: 310,
             }),
             dmp: Section::not_configured(),
             whitelist: Section::not_configured(),

@@ -59,6 +59,7 @@ fn entries(config: &Config, ids: &Identities) -> Vec<(PathBuf, u32, u32, u32, Ki
     let d = &config.storage.data_dir;
     let archive = ids.of("archive");
     let receiver = ids.of("receiver");
+    let hl7 = ids.of("hl7");
     vec![
         // Sockets and health.json: traversable by every service user (group drimbox).
         (
@@ -99,6 +100,21 @@ fn entries(config: &Config, ids: &Identities) -> Vec<(PathBuf, u32, u32, u32, Ki
             receiver.uid,
             archive.gid,
             0o2770,
+            Kind::Dir,
+        ),
+        // The same hand-off for report messages, from the HL7 listener.
+        (
+            d.join("hl7-staging"),
+            hl7.uid,
+            archive.gid,
+            0o2770,
+            Kind::Dir,
+        ),
+        (
+            d.join("reports"),
+            archive.uid,
+            archive.gid,
+            0o750,
             Kind::Dir,
         ),
     ]

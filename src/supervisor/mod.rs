@@ -61,7 +61,7 @@ pub enum SupervisorError {
 }
 
 /// The services `drimbox run` starts, in start order.
-pub const SERVICES: [&str; 3] = ["archive", "receiver", "status"];
+pub const SERVICES: [&str; 4] = ["archive", "receiver", "hl7", "status"];
 
 /// The supervisor's view of the box, written to `<run_dir>/health.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +160,7 @@ impl Identities {
 /// Listening sockets the supervisor opens and hands down (kept open across restarts).
 struct Sockets {
     dicom: std::net::TcpListener,
+    mllp: std::net::TcpListener,
     http: std::net::TcpListener,
     archive: Vec<(crate::ipc::Role, std::os::unix::net::UnixListener)>,
 }
@@ -229,6 +230,10 @@ impl Supervisor {
             "the status",
             std::net::SocketAddr::new(c.status.listen, c.status.port),
         )?;
+        let mllp = tcp(
+            "the HL7",
+            std::net::SocketAddr::new(c.hl7.listen, c.hl7.port),
+        )?;
         let mut archive = Vec::new();
         for role in Role::ALL {
             // A role's socket belongs to that role's group: connecting needs write permission
@@ -236,6 +241,7 @@ impl Supervisor {
             // the reader's: the box group, for the status page and the administrators).
             let group = self.identities.as_ref().map(|ids| match role {
                 Role::Receiver => ids.of("receiver").gid,
+                Role::Hl7 => ids.of("hl7").gid,
                 Role::Reader => ids.box_gid,
             });
             let path = role.socket_path(&c.storage.run_dir);
@@ -247,6 +253,7 @@ impl Supervisor {
         }
         Ok(Sockets {
             dicom,
+            mllp,
             http,
             archive,
         })
@@ -264,6 +271,7 @@ impl Supervisor {
                 .map(|(r, l)| (r.name(), l.as_raw_fd()))
                 .collect(),
             "receiver" => vec![("dicom", s.dicom.as_raw_fd())],
+            "hl7" => vec![("mllp", s.mllp.as_raw_fd())],
             "status" => vec![("http", s.http.as_raw_fd())],
             _ => Vec::new(),
         };

@@ -89,6 +89,8 @@ pub struct DrimBox {
     pub port: u16,
     /// Port of the status page (`/`, `/status.json`, `/metrics`) on 127.0.0.1.
     pub status_port: u16,
+    /// MLLP port of the HL7 listener on 127.0.0.1.
+    pub hl7_port: u16,
     child: Option<Child>,
     log_path: PathBuf,
     /// Calling AE title the readiness probe uses (one the box accepts).
@@ -108,6 +110,7 @@ impl DrimBox {
     pub fn start_in(dir: tempfile::TempDir, data_dir: PathBuf, s: Settings) -> DrimBox {
         let port = free_port();
         let status_port = free_port();
+        let hl7_port = free_port();
         let calling: Vec<String> = s
             .calling_ae_titles
             .iter()
@@ -136,7 +139,8 @@ impl DrimBox {
             "\n[archive]\nstable_after_seconds = {}\n\n[supervisor]\ncrash_loop_count = {}\n\
              restart_backoff_max_seconds = 2\nfailed_exit_delay_seconds = {}\n\
              heartbeat_timeout_seconds = {}\nrun_as_service_users = {}\n\n\
-             [status]\nlisten = \"127.0.0.1\"\nport = {status_port}\n",
+             [status]\nlisten = \"127.0.0.1\"\nport = {status_port}\n\n\
+             [hl7]\nlisten = \"127.0.0.1\"\nport = {hl7_port}\n",
             s.stable_after_seconds,
             s.crash_loop_count,
             s.failed_exit_delay_seconds,
@@ -166,6 +170,7 @@ impl DrimBox {
             config_path,
             port,
             status_port,
+            hl7_port,
             child: None,
             log_path,
             dir,

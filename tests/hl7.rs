@@ -1,0 +1,183 @@
+//! The HL7 listener with a real MLLP client (Debian python3-hl7's `mllp_send`) and the agency's
+//! samples: AA only once recorded, the same ACK for a re-sent message and no second record, AE
+//! for what cannot be read, AR (with ERR) for what the profile refuses.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+use common::*;
+
+fn sample(name: &str) -> Vec<u8> {
+    fs::read(shared().join("ref/hl7").join(name)).unwrap()
+}
+
+/// Sends one message with `mllp_send`; returns the ACK's bytes (without the MLLP frame).
+fn send(b: &DrimBox, message: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("msg.mllp");
+    let mut framed = vec![0x0b];
+    framed.extend_from_slice(message);
+    framed.extend_from_slice(&[0x1c, 0x0d]);
+    fs::write(&f, framed).unwrap();
+    let o = Command::new("mllp_send")
+        .args(["-p", &b.hl7_port.to_string(), "-f"])
+        .arg(&f)
+        .arg("127.0.0.1")
+        .output()
+        .expect("mllp_send (apt-get install python3-hl7)");
+    assert!(o.status.success(), "{}", text(&o));
+    let out = o.stdout;
+    let start = out.iter().position(|&c| c == 0x0b).unwrap_or(0);
+    let end = out.iter().position(|&c| c == 0x1c).unwrap_or(out.len());
+    out[start + 1..end].to_vec()
+}
+
+/// A field of the ACK, e.g. `field(&ack, "MSA", 1)`.
+fn field(ack: &[u8], seg: &str, n: usize) -> String {
+    let text = String::from_utf8_lossy(ack);
+    text.split('\r')
+        .find(|s| s.starts_with(seg))
+        .and_then(|s| s.split('|').nth(n))
+        .unwrap_or("")
+        .to_string()
+}
+
+fn reports(b: &DrimBox) -> u64 {
+    b.summary()["reports"].as_u64().unwrap()
+}
+
+#[test]
+fn the_agencys_messages_are_recorded_once_and_acknowledged() {
+    let b = DrimBox::start(Settings::default());
+    let oru = sample("ORU_R01_K.hl7");
+    let ack = send(&b, &oru);
+    assert_eq!(
+        field(&ack, "MSA", 1),
+        "AA",
+        "{}",
+        String::from_utf8_lossy(&ack)
+    );
+    assert_eq!(
+        field(&ack, "MSA", 2),
+        "id",
+        "MSA-2 echoes the message's MSH-10"
+    );
+    assert_eq!(field(&ack, "MSH", 8), "ACK^R01^ACK"); // MSH-9
+                                                      // (MSH-1 is the separator, so MSH-n is the n-1th piece.) MSH-10: within ST(20).
+    let id = field(&ack, "MSH", 9);
+    assert!(id.len() <= 20, "{id}");
+    assert_eq!(reports(&b), 1);
+    // Recorded byte for byte.
+    let stored: Vec<_> = fs::read_dir(b.data_dir.join("reports"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(fs::read(stored[0].path()).unwrap(), oru);
+    assert!(fs::read_dir(b.data_dir.join("hl7-staging"))
+        .unwrap()
+        .next()
+        .is_none());
+
+    // The same message again: the same ACK, byte for byte, and no second record.
+    assert_eq!(send(&b, &oru), ack);
+    assert_eq!(reports(&b), 1);
+
+    // The MDM^T02 (v2.6): its own record.
+    let ack = send(&b, &sample("MDM_T02_L.hl7"));
+    assert_eq!(field(&ack, "MSA", 1), "AA");
+    assert_eq!(field(&ack, "MSH", 8), "ACK^T02^ACK");
+    assert_eq!(reports(&b), 2);
+
+    // A restarted listener keeps answering, and remembers what it recorded.
+    let pid = b.service_pid("hl7").unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    b.wait_service_restarted("hl7", pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while try_tcp(b.hl7_port).is_err() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(field(&send(&b, &oru), "MSA", 1), "AA");
+    assert_eq!(reports(&b), 2);
+    assert!(!b.log().contains("PAT-TROIS"), "patient name in the log");
+}
+
+fn try_tcp(port: u16) -> std::io::Result<std::net::TcpStream> {
+    std::net::TcpStream::connect(("127.0.0.1", port))
+}
+
+#[test]
+fn malformed_messages_get_ae_and_refused_ones_ar_with_err() {
+    let b = DrimBox::start(Settings::default());
+    let oru = String::from_utf8(sample("ORU_R01_K.hl7")).unwrap();
+    let case = |from: &str, to: &str| send(&b, oru.replacen(from, to, 1).as_bytes());
+
+    let ack = send(&b, b"this is not HL7");
+    assert_eq!(field(&ack, "MSA", 1), "AE");
+    assert_eq!(field(&ack, "ERR", 3), "100^Segment sequence error^HL70357");
+
+    let ack = case("|UNICODE UTF-8|", "|KLINGON|");
+    assert_eq!(field(&ack, "MSA", 1), "AE");
+    assert_eq!(field(&ack, "ERR", 2), "MSH^1^18");
+
+    let ack = case("^INS^^", "^XX^^");
+    assert_eq!(field(&ack, "MSA", 1), "AR");
+    assert_eq!(field(&ack, "ERR", 2), "PID^1^3");
+    assert!(field(&ack, "ERR", 3).starts_with("101^"));
+
+    let ack = case("ORC|NW|", "ORC|CA|");
+    assert_eq!(field(&ack, "MSA", 1), "AR");
+    assert!(field(&ack, "ERR", 8).contains("inconsistent"));
+
+    let ack = case("^Base64^PD94", "^Base64^P!94");
+    assert_eq!(field(&ack, "MSA", 1), "AR");
+    assert_eq!(field(&ack, "ERR", 2), "OBX^1^5");
+
+    // Valid base64, but not a CDA.
+    let start = oru.find("^Base64^").unwrap() + "^Base64^".len();
+    let end = start + oru[start..].find('|').unwrap();
+    let not_cda = format!("{}{}{}", &oru[..start], "PGh0bWwvPg==", &oru[end..]);
+    let ack = send(&b, not_cda.as_bytes());
+    assert_eq!(field(&ack, "MSA", 1), "AR");
+    assert!(
+        field(&ack, "ERR", 8).contains("not a ClinicalDocument"),
+        "{}",
+        String::from_utf8_lossy(&ack)
+    );
+
+    let ack = case("ORU^R01^ORU_R01", "ADT^A01^ADT_A01");
+    assert_eq!(field(&ack, "MSA", 1), "AR");
+    assert!(field(&ack, "ERR", 3).starts_with("200^"));
+
+    // Nothing refused was recorded, and the listener counted each answer.
+    assert_eq!(reports(&b), 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let snap = b.snapshot();
+        let hl7 = snap["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "hl7")
+            .cloned()
+            .unwrap();
+        let c = &hl7["counters"];
+        if c["messages_error"] == 2 && c["messages_rejected"] == 5 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "counters: {c}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // A control id reused by the same sender for a different message: refused, not taken for a
+    // re-send (neither message is silently lost).
+    assert_eq!(field(&send(&b, oru.as_bytes()), "MSA", 1), "AA");
+    let other = oru.replacen("PAT-TROIS^DOMINIQUE", "PAT-TROIS^DOMINIQUE-MARIE", 1);
+    let ack = send(&b, other.as_bytes());
+    assert_eq!(field(&ack, "MSA", 1), "AR");
+    assert_eq!(field(&ack, "ERR", 2), "MSH^1^10");
+    assert_eq!(reports(&b), 1);
+}
