@@ -87,6 +87,42 @@ impl Reporter {
     }
 }
 
+/// The accept loop every TCP service shares: beat (from this loop, so a hung loop falls
+/// silent), wait at most 200 ms for a connection, give it `TCP_NODELAY` and read/write
+/// timeouts, hand it over. Returns once `stop` is set.
+pub fn accept_loop(
+    listener: &std::net::TcpListener,
+    stop: &std::sync::atomic::AtomicBool,
+    timeout: Duration,
+    mut counters: impl FnMut() -> BTreeMap<String, u64>,
+    mut on_connection: impl FnMut(std::net::TcpStream, std::net::SocketAddr),
+) {
+    use std::os::fd::AsRawFd;
+    let mut reporter = Reporter::from_env();
+    let fd = listener.as_raw_fd();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        reporter.beat(true, &mut counters);
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut pfd, 1, 200) } <= 0 {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let _ = stream.set_read_timeout(Some(timeout));
+                let _ = stream.set_write_timeout(Some(timeout));
+                on_connection(stream, peer);
+            }
+            Err(e) => log::warn!("accept: {e}"),
+        }
+    }
+}
+
 /// The supervisor side: accumulates bytes read from a child's pipe and yields its last beat.
 #[derive(Debug, Default)]
 pub struct BeatReader {

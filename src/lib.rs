@@ -11,3 +11,4 @@ pub mod ipc;
 pub mod logging;
 pub mod status;
 pub mod supervisor;
+pub mod tls;

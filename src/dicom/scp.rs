@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,49 +136,27 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ReceiverError> 
 }
 
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, d: &DicomConfig, stop: &AtomicBool) {
-    let fd = listener.as_raw_fd();
-    let mut reporter = crate::control::Reporter::from_env();
-    while !stop.load(Ordering::Relaxed) {
-        reporter.beat(true, || {
-            let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            [
-                ("associations".to_string(), c(&shared.associations)),
-                (
-                    "associations_rejected".to_string(),
-                    c(&shared.associations_rejected),
-                ),
-                (
-                    "associations_active".to_string(),
-                    shared.active.load(Ordering::Relaxed) as u64,
-                ),
-                ("instances_stored".to_string(), c(&shared.instances_stored)),
-                (
-                    "instances_refused".to_string(),
-                    c(&shared.instances_refused),
-                ),
-            ]
-            .into()
-        });
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, 200) };
-        if n <= 0 {
-            continue;
-        }
-        let (stream, peer) = match listener.accept() {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("accept: {e}");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(d.timeout));
-        let _ = stream.set_write_timeout(Some(d.timeout));
+    let counters = || {
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("associations".to_string(), c(&shared.associations)),
+            (
+                "associations_rejected".to_string(),
+                c(&shared.associations_rejected),
+            ),
+            (
+                "associations_active".to_string(),
+                shared.active.load(Ordering::Relaxed) as u64,
+            ),
+            ("instances_stored".to_string(), c(&shared.instances_stored)),
+            (
+                "instances_refused".to_string(),
+                c(&shared.instances_refused),
+            ),
+        ]
+        .into()
+    };
+    crate::control::accept_loop(listener, stop, d.timeout, counters, |stream, peer| {
         // Count the association before its thread starts, so a burst cannot overshoot the limit.
         let active = shared.active.fetch_add(1, Ordering::SeqCst);
         let shared = shared.clone();
@@ -198,7 +176,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, d: &DicomConfig, st
         if let Err(e) = spawned {
             log::error!("cannot start association thread: {e}");
         }
-    }
+    });
 }
 
 /// Over the association limit: read the request and answer A-ASSOCIATE-RJ (transient,
@@ -736,26 +714,9 @@ fn storage_error(e: &io::Error) -> String {
 fn tls_server_config(
     tls: &crate::config::TlsConfig,
 ) -> Result<rustls::ServerConfig, ReceiverError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let err = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
-        ReceiverError::Tls(format!("{what} {}: {e}", path.display()))
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.certificate)
-        .map_err(|e| err("reading certificate", &tls.certificate, &e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| err("parsing certificate", &tls.certificate, &e))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.private_key)
-        .map_err(|e| err("reading private key", &tls.private_key, &e))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(&tls.client_ca)
-        .map_err(|e| err("reading client CA", &tls.client_ca, &e))?
-    {
-        let ca = ca.map_err(|e| err("parsing client CA", &tls.client_ca, &e))?;
-        roots
-            .add(ca)
-            .map_err(|e| err("adding client CA", &tls.client_ca, &e))?;
-    }
+    let (certs, key) = crate::tls::load_identity(&tls.certificate, &tls.private_key)
+        .map_err(ReceiverError::Tls)?;
+    let roots = crate::tls::load_roots(&tls.client_ca).map_err(ReceiverError::Tls)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),

@@ -7,7 +7,6 @@
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -64,59 +63,48 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ListenerError> 
         active: AtomicUsize::new(0),
         counters: Counters::default(),
     });
-    let mut reporter = crate::control::Reporter::from_env();
     log::info!("HL7 listener ready: MLLP on {addr}");
-    let fd = listener.as_raw_fd();
-    while !stop.load(Ordering::Relaxed) {
-        reporter.beat(true, || {
-            let c = &shared.counters;
-            let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            [
-                ("connections".to_string(), l(&c.connections)),
-                ("messages_accepted".to_string(), l(&c.accepted)),
-                ("messages_duplicate".to_string(), l(&c.duplicates)),
-                ("messages_error".to_string(), l(&c.errors)),
-                ("messages_rejected".to_string(), l(&c.rejected)),
-            ]
-            .into()
-        });
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        if unsafe { libc::poll(&mut pfd, 1, 200) } <= 0 {
-            continue;
-        }
-        let Ok((stream, peer)) = listener.accept() else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(h.idle_timeout));
-        let _ = stream.set_write_timeout(Some(h.idle_timeout));
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= h.max_connections {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-            log::warn!(
-                "HL7 connection from {peer} refused: {} connections already",
-                h.max_connections
-            );
-            continue;
-        }
-        shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-        let shared = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("mllp".into())
-            .spawn(move || {
-                if let Err(e) = serve(&shared, stream) {
-                    log::info!("HL7 connection from {peer} closed: {e}");
-                }
+    let counters = || {
+        let c = &shared.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("connections".to_string(), l(&c.connections)),
+            ("messages_accepted".to_string(), l(&c.accepted)),
+            ("messages_duplicate".to_string(), l(&c.duplicates)),
+            ("messages_error".to_string(), l(&c.errors)),
+            ("messages_rejected".to_string(), l(&c.rejected)),
+        ]
+        .into()
+    };
+    crate::control::accept_loop(
+        &listener,
+        &stop,
+        h.idle_timeout,
+        counters,
+        |stream, peer| {
+            if shared.active.fetch_add(1, Ordering::SeqCst) >= h.max_connections {
                 shared.active.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            log::error!("cannot start an HL7 connection thread");
-        }
-    }
+                log::warn!(
+                    "HL7 connection from {peer} refused: {} connections already",
+                    h.max_connections
+                );
+                return;
+            }
+            shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("mllp".into())
+                .spawn(move || {
+                    if let Err(e) = serve(&shared, stream) {
+                        log::info!("HL7 connection from {peer} closed: {e}");
+                    }
+                    shared.active.fetch_sub(1, Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                log::error!("cannot start an HL7 connection thread");
+            }
+        },
+    );
     log::info!("HL7 listener stopped");
     Ok(())
 }

@@ -12,14 +12,12 @@ pub mod page;
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::control::Reporter;
 use crate::ipc::{self, Request, Response, Role};
 use crate::supervisor::{self, HealthRecord};
 use model::{
@@ -298,64 +296,55 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StatusError> {
         refused: AtomicU64::new(0),
     });
     let tls = config.status.tls.as_ref().map(tls_config).transpose()?;
-    let mut reporter = Reporter::from_env();
     log::info!(
         "status page ready on {}://{addr}/",
         if tls.is_some() { "https" } else { "http" }
     );
-    let fd = listener.as_raw_fd();
-    while !stop.load(Ordering::Relaxed) {
-        reporter.beat(true, || {
-            [
-                (
-                    "requests".to_string(),
-                    server.requests.load(Ordering::Relaxed),
-                ),
-                (
-                    "refused".to_string(),
-                    server.refused.load(Ordering::Relaxed),
-                ),
-            ]
-            .into()
-        });
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        if unsafe { libc::poll(&mut pfd, 1, 200) } <= 0 {
-            continue;
-        }
-        let Ok((stream, _)) = listener.accept() else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-        if server.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            server.active.fetch_sub(1, Ordering::SeqCst);
-            server.refused.fetch_add(1, Ordering::Relaxed);
-            let _ = respond(&mut &stream, plain(503, "Service Unavailable", "busy\n"));
-            continue;
-        }
-        let server = server.clone();
-        let tls = tls.clone();
-        let spawned = std::thread::Builder::new()
-            .name("http".into())
-            .spawn(move || {
-                let _ = match &tls {
-                    Some(cfg) => rustls::ServerConnection::new(cfg.clone())
-                        .map_err(io::Error::other)
-                        .and_then(|conn| serve(&server, rustls::StreamOwned::new(conn, stream))),
-                    None => serve(&server, stream),
-                };
+    let counters = || {
+        [
+            (
+                "requests".to_string(),
+                server.requests.load(Ordering::Relaxed),
+            ),
+            (
+                "refused".to_string(),
+                server.refused.load(Ordering::Relaxed),
+            ),
+        ]
+        .into()
+    };
+    crate::control::accept_loop(
+        &listener,
+        &stop,
+        Duration::from_secs(5),
+        counters,
+        |stream, _| {
+            if server.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
                 server.active.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            log::warn!("cannot start an HTTP thread");
-        }
-    }
+                server.refused.fetch_add(1, Ordering::Relaxed);
+                let _ = respond(&mut &stream, plain(503, "Service Unavailable", "busy\n"));
+                return;
+            }
+            let server = server.clone();
+            let tls = tls.clone();
+            let spawned = std::thread::Builder::new()
+                .name("http".into())
+                .spawn(move || {
+                    let _ = match &tls {
+                        Some(cfg) => rustls::ServerConnection::new(cfg.clone())
+                            .map_err(io::Error::other)
+                            .and_then(|conn| {
+                                serve(&server, rustls::StreamOwned::new(conn, stream))
+                            }),
+                        None => serve(&server, stream),
+                    };
+                    server.active.fetch_sub(1, Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                log::warn!("cannot start an HTTP thread");
+            }
+        },
+    );
     Ok(())
 }
 
@@ -442,17 +431,8 @@ fn respond(stream: &mut impl Write, (code, reason, ctype, body): Answer) -> io::
 /// The status page's TLS configuration: the configured certificate chain and key, no client
 /// authentication (a browser on the practice LAN).
 fn tls_config(tls: &crate::config::StatusTls) -> Result<Arc<rustls::ServerConfig>, StatusError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let err = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
-        StatusError::Tls(format!("{what} {}: {e}", path.display()))
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.certificate)
-        .map_err(|e| err("reading certificate", &tls.certificate, &e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| err("parsing certificate", &tls.certificate, &e))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.private_key)
-        .map_err(|e| err("reading private key", &tls.private_key, &e))?;
+    let (certs, key) =
+        crate::tls::load_identity(&tls.certificate, &tls.private_key).map_err(StatusError::Tls)?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -1,0 +1,41 @@
+//! PEM loading shared by every TLS server of the box (DICOM TLS, the status page's HTTPS, and
+//! later WADO-RS): the certificate chain and its private key, with errors naming the file.
+
+use std::path::Path;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A certificate chain (leaf first) and its key, read from PEM files.
+pub fn load_identity(
+    certificate: &Path,
+    private_key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let err = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        format!("{what} {}: {e}", path.display())
+    };
+    let certs = CertificateDer::pem_file_iter(certificate)
+        .map_err(|e| err("reading certificate", certificate, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err("parsing certificate", certificate, &e))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", certificate.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(private_key)
+        .map_err(|e| err("reading private key", private_key, &e))?;
+    Ok((certs, key))
+}
+
+/// The CA certificates of a PEM file, as a root store (client-certificate verification).
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("reading CA {}: {e}", path.display()))?
+    {
+        let ca = ca.map_err(|e| format!("parsing CA {}: {e}", path.display()))?;
+        roots
+            .add(ca)
+            .map_err(|e| format!("adding CA {}: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
