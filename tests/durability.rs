@@ -228,3 +228,76 @@ fn a_300_mib_instance_keeps_the_receiver_under_32_mib() {
     assert!(hwm < 32 * 1024, "receiver peak RSS {hwm} KiB");
     assert_stored_identical(&b, std::slice::from_ref(&big));
 }
+
+/// HL7: `kill -9` of the listener and of the archive while a RIS sends reports. Every message
+/// that got AA is recorded, byte for byte, exactly once; nothing is left in staging.
+#[test]
+fn kill_9_during_hl7_intake_loses_no_acknowledged_report() {
+    let b = DrimBox::start(Settings::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("acks.log");
+    let sample = shared().join("ref/hl7/ORU_R01_K.hl7");
+    let count = 40;
+    let mut sender = std::process::Command::new("python3")
+        .arg(repo().join("tests/peers/mllp.py"))
+        .arg(b.hl7_port.to_string())
+        .arg(&sample)
+        .args([&count.to_string(), "K", log.to_str().unwrap(), "240"])
+        .spawn()
+        .unwrap();
+    // Kill the listener, then the archive, then the listener again, as messages flow.
+    for (i, service) in ["hl7", "archive", "hl7", "archive"].iter().enumerate() {
+        let target = 5 + i * 8;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while ack_count(&log) < target && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let pid = b.service_pid(service).unwrap();
+        kill9(pid);
+        b.wait_service_restarted(service, pid);
+    }
+    let status = sender.wait().unwrap();
+    assert!(
+        status.success(),
+        "the sender did not get every AA:\n{}",
+        b.log()
+    );
+    let acked = read_acks(&log);
+    assert_eq!(acked.len(), count);
+    // Every acknowledged message is recorded exactly once, byte for byte.
+    let template = std::fs::read(&sample).unwrap();
+    let mut recorded = std::collections::HashMap::new();
+    for e in std::fs::read_dir(b.data_dir.join("reports"))
+        .unwrap()
+        .flatten()
+    {
+        let bytes = std::fs::read(e.path()).unwrap();
+        let first = bytes.split(|&c| c == b'\r').next().unwrap();
+        let cid = String::from_utf8_lossy(first.split(|&c| c == b'|').nth(9).unwrap()).to_string();
+        let mut expected = template.clone();
+        let head_len = expected.iter().position(|&c| c == b'\r').unwrap();
+        let head = String::from_utf8_lossy(&expected[..head_len]).to_string();
+        let mut fields: Vec<&str> = head.split('|').collect();
+        fields[9] = &cid;
+        let new_head = fields.join("|");
+        expected.splice(..head_len, new_head.bytes());
+        assert_eq!(bytes, expected, "{cid} not stored byte for byte");
+        *recorded.entry(cid).or_insert(0) += 1;
+    }
+    for cid in &acked {
+        assert_eq!(
+            recorded.get(cid),
+            Some(&1),
+            "{cid} acknowledged but recorded {:?} times",
+            recorded.get(cid)
+        );
+    }
+    assert_eq!(
+        b.summary()["reports"].as_u64().unwrap() as usize,
+        recorded.len()
+    );
+    assert!(std::fs::read_dir(b.data_dir.join("hl7-staging"))
+        .unwrap()
+        .next()
+        .is_none());
+}

@@ -236,6 +236,19 @@ impl Db {
         Ok(due)
     }
 
+    /// Store-relative paths of every recorded report message (recovery).
+    pub fn report_files(&self) -> Result<HashSet<String>, DbError> {
+        let txn = self.read()?;
+        let t = txn.open_table(REPORTS)?;
+        let mut out = HashSet::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            let row: ReportRow = decode(k.value(), v.value())?;
+            out.insert(row.file);
+        }
+        Ok(out)
+    }
+
     /// SOP Instance UIDs whose row may be durable without its bytes (see `IN_DOUBT`).
     pub fn in_doubt(&self) -> Result<Vec<String>, DbError> {
         let txn = self.read()?;

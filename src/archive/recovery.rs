@@ -11,6 +11,8 @@
 //! - a store file with no index row: the crash fell between a rename and the commit, so it was
 //!   never acknowledged, and nothing vouches for its bytes (a first version is not fsync'd before
 //!   its rename). It is set aside in `quarantine/`, never adopted.
+//! - a report message in `reports/` without its row: renamed, not committed, never acknowledged;
+//!   set aside (the RIS sends it again).
 //! - a store file whose SOP Instance UID is indexed under another file: an older version whose
 //!   removal after a replacement did not happen; deleted.
 //! - a store file that cannot be parsed: something we did not write; moved to `quarantine/`.
@@ -86,6 +88,19 @@ pub fn recover(layout: &Layout, db: &Db) -> Result<RecoveryReport, ArchiveError>
         }
         if report.staging_removed > before {
             fsync_dir(&staging).map_err(io_err("fsync", &staging))?;
+        }
+    }
+
+    // A report file without its row: the crash fell between the rename and the commit; never
+    // acknowledged (the RIS sends it again), so it is set aside like an unindexed instance.
+    let recorded = db.report_files()?;
+    let reports = layout.reports();
+    for entry in fs::read_dir(&reports).map_err(io_err("reading", &reports))? {
+        let entry = entry.map_err(io_err("reading", &reports))?;
+        let rel = format!("reports/{}", entry.file_name().to_string_lossy());
+        if !recorded.contains(&rel) {
+            set_aside(layout, &entry.path())?;
+            report.unindexed += 1;
         }
     }
 
