@@ -102,6 +102,11 @@ fn the_agencys_messages_are_recorded_once_and_acknowledged() {
     }
     assert_eq!(field(&send(&b, &oru), "MSA", 1), "AA");
     assert_eq!(reports(&b), 2);
+    let (_, metrics) = b.http_get("/metrics");
+    assert!(
+        metrics.lines().any(|l| l == "drimbox_archive_reports 2"),
+        "{metrics}"
+    );
     assert!(!b.log().contains("PAT-TROIS"), "patient name in the log");
 }
 

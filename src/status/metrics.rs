@@ -207,7 +207,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
     );
     o.int(&[], bool01(s.archive.is_some()));
 
-    let archive: [ArchiveFamily; 9] = [
+    let archive: [ArchiveFamily; 10] = [
         ("drimbox_archive_studies", "Studies in the archive.", |a| {
             a.studies
         }),
@@ -249,6 +249,11 @@ pub fn render_metrics(s: &Snapshot) -> String {
         ("drimbox_archive_bytes", "Bytes of stored instances.", |a| {
             a.bytes
         }),
+        (
+            "drimbox_archive_reports",
+            "Report messages (HL7) recorded.",
+            |a| a.reports,
+        ),
     ];
     for (name, help, get) in archive {
         o.family(name, "gauge", help);
