@@ -97,13 +97,22 @@ pub enum RegisterOutcome {
     Replaced,
 }
 
-/// A report message as the HL7 listener read it. Patient fields are stored, never logged.
+/// A report message in flight from the HL7 listener: where it waits, its idempotence key, and
+/// what the listener learned of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewReport {
     /// File name inside the HL7 staging directory.
     pub staging_name: String,
-    /// Idempotence key: sending application, sending facility and MSH-10.
+    /// Idempotence key: sending application, sending facility, message type and MSH-10.
     pub key: String,
+    #[serde(flatten)]
+    pub facts: ReportFacts,
+}
+
+/// What the listener learned of a report message; the archive keeps it as the message's row.
+/// Patient fields are stored, never logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportFacts {
     /// `ORU^R01`, `MDM^T02`, …
     pub message_type: String,
     /// `publish`, `replace` or `delete`.

@@ -543,7 +543,7 @@ fn record_report(
     let txn = db.begin_write().map_err(db_failure)?;
     if let Some(row) = db::report_in(&txn, &new.key).map_err(db_failure)? {
         let _ = fs::remove_file(&staged);
-        if row.sha256 != new.sha256 {
+        if row.facts.sha256 != new.facts.sha256 {
             // Not a re-send: another message under a control id already used. Refused, so that
             // neither is silently lost.
             return Err(failure(
@@ -553,13 +553,13 @@ fn record_report(
         }
         return Ok(crate::ipc::ReportOutcome {
             duplicate: true,
-            ack_base64: row.ack_base64,
+            ack_base64: row.facts.ack_base64,
         });
     }
     let name = format!(
         "{}-{}.hl7",
         now_ms(),
-        new.sha256.get(..16).unwrap_or("report")
+        new.facts.sha256.get(..16).unwrap_or("report")
     );
     let dest = layout.reports().join(&name);
     let resources =
@@ -575,22 +575,14 @@ fn record_report(
     fsync_dir(&layout.reports()).map_err(|e| undo(resources("fsync of reports", e)))?;
     let row = crate::archive::model::ReportRow {
         file: format!("reports/{name}"),
-        sha256: new.sha256.clone(),
-        size: new.size,
-        message_type: new.message_type.clone(),
-        action: new.action.clone(),
-        ins: new.ins.clone(),
-        ins_oid: new.ins_oid.clone(),
-        study_uids: new.study_uids.clone(),
-        accession: new.accession.clone(),
         received_ms: now_ms(),
-        ack_base64: new.ack_base64.clone(),
+        facts: new.facts.clone(),
     };
     db::insert_report(&txn, &new.key, &row).map_err(|e| undo(db_failure(e)))?;
     txn.commit().map_err(|e| undo(db_failure(e)))?;
     Ok(crate::ipc::ReportOutcome {
         duplicate: false,
-        ack_base64: new.ack_base64.clone(),
+        ack_base64: new.facts.ack_base64.clone(),
     })
 }
 

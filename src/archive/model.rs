@@ -96,16 +96,9 @@ pub struct Summary {
 pub struct ReportRow {
     /// Store-relative path of the message bytes (`reports/<name>.hl7`).
     pub file: String,
-    pub sha256: String,
-    pub size: u64,
-    pub message_type: String,
-    pub action: String,
-    pub ins: String,
-    pub ins_oid: String,
-    pub study_uids: Vec<String>,
-    pub accession: Option<String>,
     pub received_ms: i64,
-    pub ack_base64: String,
+    #[serde(flatten)]
+    pub facts: crate::ipc::ReportFacts,
 }
 
 /// A study as shown to readers: UIDs and counts, no patient data.

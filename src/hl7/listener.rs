@@ -20,7 +20,7 @@ use super::report::{self, Action};
 use crate::archive::recovery::hex;
 use crate::archive::store::Layout;
 use crate::config::Config;
-use crate::ipc::{self, NewReport, Request, Response, Role};
+use crate::ipc::{self, NewReport, ReportFacts, Request, Response, Role};
 
 /// MLLP frame delimiters.
 const START: u8 = 0x0B;
@@ -275,25 +275,27 @@ fn handle(shared: &Shared, archive: &mut Option<ipc::Client>, bytes: &[u8]) -> V
     let report = NewReport {
         staging_name: String::new(),
         key,
-        message_type: r.message_type.clone(),
-        action: match r.action {
-            Action::Publish => "publish",
-            Action::Replace => "replace",
-            Action::Delete => "delete",
-        }
-        .into(),
-        ins: r.ins.id.clone(),
-        ins_oid: r.ins.oid.clone(),
-        study_uids: cda
-            .service_events
-            .iter()
-            .map(|s| s.id.root.clone())
-            .filter(|u| !u.is_empty())
-            .collect(),
-        accession: Some(cda.accession.extension.clone()).filter(|a| !a.is_empty()),
-        size: bytes.len() as u64,
-        sha256: hex(&Sha256::digest(bytes)),
-        ack_base64: crate::base64::encode(&accept),
+        facts: ReportFacts {
+            message_type: r.message_type.clone(),
+            action: match r.action {
+                Action::Publish => "publish",
+                Action::Replace => "replace",
+                Action::Delete => "delete",
+            }
+            .into(),
+            ins: r.ins.id.clone(),
+            ins_oid: r.ins.oid.clone(),
+            study_uids: cda
+                .service_events
+                .iter()
+                .map(|s| s.id.root.clone())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            accession: Some(cda.accession.extension.clone()).filter(|a| !a.is_empty()),
+            size: bytes.len() as u64,
+            sha256: hex(&Sha256::digest(bytes)),
+            ack_base64: crate::base64::encode(&accept),
+        },
     };
     match record(shared, archive, bytes, report) {
         Ok(outcome) => {
