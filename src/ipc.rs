@@ -126,6 +126,24 @@ pub struct ReportFacts {
     pub sha256: String,
     /// The AA this message gets, base64 (kept so a re-sent message gets the very same ACK).
     pub ack_base64: String,
+    /// The practice's own patient number (PID-3 `PI`), checked against the images' Patient ID.
+    #[serde(default)]
+    pub ipp: Option<String>,
+    /// The MetaDMPMSS flags of the message (absent: the policy decides).
+    #[serde(default)]
+    pub flags: ReportFlags,
+    /// The exam codes of the CDA's serviceEvents (code and translations), for the policy rules.
+    #[serde(default)]
+    pub exam_codes: Vec<String>,
+}
+
+/// The DMP flags a report message carries; `None` when the message does not say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportFlags {
+    pub dest_dmp: Option<bool>,
+    pub masque_ps: Option<bool>,
+    pub invisible_patient: Option<bool>,
+    pub invisible_rep_legaux: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

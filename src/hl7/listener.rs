@@ -295,6 +295,20 @@ fn handle(shared: &Shared, archive: &mut Option<ipc::Client>, bytes: &[u8]) -> V
             size: bytes.len() as u64,
             sha256: hex(&Sha256::digest(bytes)),
             ack_base64: crate::base64::encode(&accept),
+            ipp: r.ipp.as_ref().map(|i| i.id.clone()),
+            flags: crate::ipc::ReportFlags {
+                dest_dmp: r.flags.dest_dmp,
+                masque_ps: r.flags.masque_ps,
+                invisible_patient: r.flags.invisible_patient,
+                invisible_rep_legaux: r.flags.invisible_rep_legaux,
+            },
+            exam_codes: cda
+                .service_events
+                .iter()
+                .flat_map(|s| std::iter::once(&s.code).chain(s.translations.iter()))
+                .map(|c| c.code.clone())
+                .filter(|c| !c.is_empty())
+                .collect(),
         },
     };
     match record(shared, archive, bytes, report) {
