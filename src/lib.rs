@@ -9,6 +9,7 @@ pub mod dicom;
 pub mod exam;
 pub mod hl7;
 pub mod ipc;
+pub mod kos;
 pub mod logging;
 pub mod status;
 pub mod supervisor;
