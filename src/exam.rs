@@ -162,7 +162,7 @@ impl Policy {
         let default = TemplateRule::default();
         let rule = rule.unwrap_or(&default);
         let publish = flags.dest_dmp.or(rule.publish).unwrap_or(true);
-        let why_not = (!publish).then(|| match flags.dest_dmp {
+        let why_not = (!publish).then_some(match flags.dest_dmp {
             Some(false) => NotPublishedReason::MessageSaysNotForDmp,
             _ => NotPublishedReason::TemplateSaysNotForDmp,
         });
