@@ -14,3 +14,4 @@ pub mod logging;
 pub mod status;
 pub mod supervisor;
 pub mod tls;
+pub mod xds;
