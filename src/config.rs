@@ -23,6 +23,46 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub status: StatusConfig,
     pub hl7: Hl7Config,
+    pub publication: PublicationConfig,
+}
+
+/// How exams become lots for the DMP: where images are fetched from, whose UIDs, which codes,
+/// the practice's document templates, and the signing certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublicationConfig {
+    /// Public WADO-RS base of this box, put in every series' Retrieve URL. Without it no lot is
+    /// built (exams stay "ready to publish").
+    pub wado_base_url: Option<String>,
+    /// OID under which the box makes its UIDs (KOS, series, submission sets, signatures). When
+    /// absent, UUID-derived `2.25.` UIDs.
+    pub uid_root: Option<String>,
+    /// XDS sourceId of the submission sets (the practice's registered OID); default: uid_root.
+    pub source_id: Option<String>,
+    /// InstitutionName of the KOS.
+    pub institution_name: String,
+    /// XDS contentTypeCode of the submission sets (code, coding scheme, display name).
+    pub content_type: Option<(String, String, String)>,
+    /// The practice's document templates (first match wins; the message's flags override).
+    pub templates: Vec<crate::exam::TemplateRule>,
+    pub signing: Option<SigningConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SigningConfig {
+    /// PKCS#12 file holding the practice's signing key and certificate.
+    pub pkcs12: PathBuf,
+    /// File whose first line is the PKCS#12 password (kept out of this file).
+    pub password_file: PathBuf,
+    /// `rsa-sha256` (default) or `rsa-sha1` (what the DMP sample uses).
+    pub algorithm: String,
+}
+
+impl PublicationConfig {
+    pub fn policy(&self) -> crate::exam::Policy {
+        crate::exam::Policy {
+            rules: self.templates.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -342,6 +382,8 @@ impl Config {
         };
         r.finish(st, "status");
 
+        let publication = r.publication(&mut root);
+
         r.finish(root, "");
 
         // Every listening port of the box; later services add theirs here.
@@ -404,6 +446,7 @@ impl Config {
                 disk_warn_percent: disk_warn.expect("checked") as u8,
                 tls: status_tls.expect("checked"),
             },
+            publication,
         })
     }
 
@@ -426,6 +469,19 @@ impl Config {
             for (key, file) in [
                 ("status.tls.certificate", &tls.certificate),
                 ("status.tls.private_key", &tls.private_key),
+            ] {
+                if let Err(e) = std::fs::File::open(file) {
+                    problems.push(Problem {
+                        key: key.into(),
+                        message: format!("cannot read {}: {e}", file.display()),
+                    });
+                }
+            }
+        }
+        if let Some(s) = &self.publication.signing {
+            for (key, file) in [
+                ("publication.signing.pkcs12", &s.pkcs12),
+                ("publication.signing.password_file", &s.password_file),
             ] {
                 if let Err(e) = std::fs::File::open(file) {
                     problems.push(Problem {
@@ -495,6 +551,147 @@ fn check_writable_dir(dir: &Path) -> std::io::Result<()> {
 #[derive(Default)]
 struct Reader {
     problems: Vec<Problem>,
+}
+
+fn is_oid(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 40
+        && s.split('.').all(|arc| {
+            !arc.is_empty()
+                && arc.bytes().all(|b| b.is_ascii_digit())
+                && (arc == "0" || !arc.starts_with('0'))
+        })
+}
+
+impl Reader {
+    fn oid(&mut self, t: &mut toml::Table, key: &str) -> Option<String> {
+        let s = self.opt_str(t, "publication", key)??;
+        if !is_oid(&s) {
+            self.problem(
+                &dotted("publication", key),
+                format!("`{s}` is not an OID of at most 40 characters (digits and dots)"),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn publication(&mut self, root: &mut toml::Table) -> PublicationConfig {
+        let mut p = self.section(root, "publication");
+        let wado_base_url = self
+            .opt_str(&mut p, "publication", "wado_base_url")
+            .flatten()
+            .and_then(|u| {
+                let ok = (u.starts_with("https://") || u.starts_with("http://"))
+                    && !u.ends_with('/')
+                    && !u.contains(char::is_whitespace);
+                if !ok {
+                    self.problem(
+                        "publication.wado_base_url",
+                        format!("`{u}` must be an http(s) URL without a trailing slash"),
+                    );
+                }
+                ok.then_some(u)
+            });
+        let uid_root = self.oid(&mut p, "uid_root");
+        let source_id = self.oid(&mut p, "source_id");
+        let institution_name = self
+            .opt_str(&mut p, "publication", "institution_name")
+            .flatten()
+            .unwrap_or_else(|| "DRIMbox".into());
+        let content_type = match p.remove("content_type") {
+            None => None,
+            Some(v) => {
+                let mut t = self.expect_table(v, "publication.content_type");
+                let k = "publication.content_type";
+                let code = self.opt_str(&mut t, k, "code").flatten();
+                let scheme = self.opt_str(&mut t, k, "scheme").flatten();
+                let display = self.opt_str(&mut t, k, "display").flatten();
+                self.finish(t, k);
+                match (code, scheme, display) {
+                    (Some(c), Some(s), Some(d)) => Some((c, s, d)),
+                    _ => {
+                        self.problem(k, "needs code, scheme and display");
+                        None
+                    }
+                }
+            }
+        };
+        let mut templates = Vec::new();
+        match p.remove("templates") {
+            None => {}
+            Some(toml::Value::Array(items)) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    let k = format!("publication.templates[{i}]");
+                    let mut t = self.expect_table(item, &k);
+                    let rule = crate::exam::TemplateRule {
+                        exam_code: self.opt_str(&mut t, &k, "exam_code").flatten(),
+                        modality: self.opt_str(&mut t, &k, "modality").flatten(),
+                        publish: self.opt_bool(&mut t, &k, "publish").flatten(),
+                        hidden_from_patient: self
+                            .opt_bool(&mut t, &k, "hidden_from_patient")
+                            .flatten(),
+                        hidden_from_professionals: self
+                            .opt_bool(&mut t, &k, "hidden_from_professionals")
+                            .flatten(),
+                        hidden_from_legal_representatives: self
+                            .opt_bool(&mut t, &k, "hidden_from_legal_representatives")
+                            .flatten(),
+                    };
+                    self.finish(t, &k);
+                    if rule.exam_code.is_none() && rule.modality.is_none() {
+                        self.problem(&k, "needs exam_code or modality to match exams");
+                    }
+                    templates.push(rule);
+                }
+            }
+            Some(other) => self.problem(
+                "publication.templates",
+                format!(
+                    "must be an array of tables ([[publication.templates]]), not a {}",
+                    type_name(&other)
+                ),
+            ),
+        }
+        let signing = match p.remove("signing") {
+            None => None,
+            Some(v) => {
+                let k = "publication.signing";
+                let mut t = self.expect_table(v, k);
+                let pkcs12 = self.req_path(&mut t, k, "pkcs12");
+                let password_file = self.req_path(&mut t, k, "password_file");
+                let algorithm = self
+                    .opt_str(&mut t, k, "algorithm")
+                    .flatten()
+                    .unwrap_or_else(|| "rsa-sha256".into());
+                if algorithm != "rsa-sha256" && algorithm != "rsa-sha1" {
+                    self.problem(
+                        "publication.signing.algorithm",
+                        format!("`{algorithm}` must be rsa-sha256 or rsa-sha1"),
+                    );
+                }
+                self.finish(t, k);
+                match (pkcs12, password_file) {
+                    (Some(pkcs12), Some(password_file)) => Some(SigningConfig {
+                        pkcs12,
+                        password_file,
+                        algorithm,
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        self.finish(p, "publication");
+        PublicationConfig {
+            wado_base_url,
+            uid_root,
+            source_id,
+            institution_name,
+            content_type,
+            templates,
+            signing,
+        }
+    }
 }
 
 fn dotted(section: &str, key: &str) -> String {
@@ -709,6 +906,35 @@ mod tests {
         assert_eq!(c.storage.run_dir, PathBuf::from("/var/lib/drimbox/run"));
         assert_eq!(c.archive.stable_after, Duration::from_secs(60));
         assert!(c.dicom.tls.is_none());
+    }
+
+    #[test]
+    fn publication_keys() {
+        let text = "[storage]\ndata_dir = \"/d\"\n[publication]\n\
+                    wado_base_url = \"https://db.example.fr/wado\"\nuid_root = \"1.2.250.1.999\"\n\
+                    content_type = { code = \"04\", scheme = \"1.2.250.1.213.2.2\", display = \"x\" }\n\
+                    [[publication.templates]]\nmodality = \"MG\"\nhidden_from_patient = true\n\
+                    [publication.signing]\npkcs12 = \"/etc/drimbox/s.p12\"\npassword_file = \"/etc/drimbox/s.pass\"\n";
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.publication.uid_root.as_deref(), Some("1.2.250.1.999"));
+        assert_eq!(c.publication.templates[0].hidden_from_patient, Some(true));
+        assert_eq!(c.publication.signing.unwrap().algorithm, "rsa-sha256");
+        let bad = "[storage]\ndata_dir = \"/d\"\n[publication]\n\
+                   wado_base_url = \"ftp://x/\"\nuid_root = \"1.02.x\"\ncolour = 1\n\
+                   [[publication.templates]]\npublish = false\n\
+                   [publication.signing]\npkcs12 = \"/s.p12\"\nalgorithm = \"dsa\"\n";
+        let problems = Config::parse(bad).unwrap_err();
+        let k = keys(&problems);
+        for expected in [
+            "publication.wado_base_url",
+            "publication.uid_root",
+            "publication.colour",
+            "publication.templates[0]",
+            "publication.signing.password_file",
+            "publication.signing.algorithm",
+        ] {
+            assert!(k.contains(&expected), "{expected} not in {k:?}");
+        }
     }
 
     #[test]
