@@ -28,16 +28,19 @@ pub enum Role {
     Hl7,
     /// Read-only views for `drimbox status`, the status page and tests.
     Reader,
+    /// The publisher: takes exams that are ready and records the lots it built for them.
+    Publisher,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Receiver, Role::Hl7, Role::Reader];
+    pub const ALL: [Role; 4] = [Role::Receiver, Role::Hl7, Role::Reader, Role::Publisher];
 
     pub fn name(self) -> &'static str {
         match self {
             Role::Receiver => "receiver",
             Role::Hl7 => "hl7",
             Role::Reader => "reader",
+            Role::Publisher => "publisher",
         }
     }
 
@@ -49,7 +52,9 @@ impl Role {
         match request {
             Request::RegisterInstance(_) => self == Role::Receiver,
             Request::RecordReport(_) => self == Role::Hl7,
-            Request::Ping | Request::Summary | Request::Study { .. } => true,
+            // The publisher's work carries the report (patient data): its role only.
+            Request::NextWork { .. } | Request::RecordLot(_) => self == Role::Publisher,
+            Request::Ping | Request::Summary | Request::Study { .. } | Request::Exams => true,
         }
     }
 }
@@ -73,6 +78,16 @@ pub enum Request {
     Study {
         study_uid: String,
     },
+    /// Every exam with its state (UIDs, states and reasons only).
+    Exams,
+    /// The next exam whose lot must be built, with everything needed to build it; exams in
+    /// `skip` (the publisher failed on them recently) are passed over.
+    NextWork {
+        #[serde(default)]
+        skip: Vec<String>,
+    },
+    /// A lot the publisher built and fsync'd in the lot staging directory: archive it.
+    RecordLot(Box<NewLot>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +98,9 @@ pub enum Response {
     ReportRecorded(ReportOutcome),
     Summary(crate::archive::model::Summary),
     Study(Option<crate::archive::model::StudyView>),
+    Exams(Vec<crate::archive::model::ExamView>),
+    Work(Option<Box<crate::archive::model::ExamWork>>),
+    LotRecorded { seq: u32 },
     Error(ArchiveFailure),
 }
 
@@ -107,6 +125,24 @@ pub struct NewReport {
     pub key: String,
     #[serde(flatten)]
     pub facts: ReportFacts,
+}
+
+/// A lot waiting in the lot staging directory: one subdirectory holding its files, each
+/// fsync'd, and the directory itself fsync'd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewLot {
+    pub staging_name: String,
+    pub study_uid: String,
+    /// The `seq` the archive gave with the work.
+    pub seq: u32,
+    pub action: crate::exam::LotAction,
+    pub report_key: String,
+    pub images_digest: String,
+    pub kos_sop_uid: String,
+    pub kos_instance_number: u32,
+    pub submission_set_uid: String,
+    /// Names of the files in the staging subdirectory.
+    pub files: Vec<String>,
 }
 
 /// What the listener learned of a report message; the archive keeps it as the message's row.

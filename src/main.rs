@@ -58,6 +58,23 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Every exam and where it stands (awaiting images, on hold and why, lot built, …), as JSON.
+    Exams {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Export an exam's archived lots as an IHE XDM medium (a zip).
+    Export {
+        /// The medium's format (only XDM).
+        format: ExportFormat,
+        /// The exam's Study Instance UID.
+        study_uid: String,
+        /// Where to write the zip (default: `<study uid>.zip` here).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Run one service (started by the supervisor, not by hand).
     #[command(hide = true)]
     Service {
@@ -65,6 +82,12 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    #[value(name = "XDM", alias = "xdm")]
+    Xdm,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +160,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Service { name, config } => service(&name, &config),
         Cmd::Status { target, json } => status(&target, json),
         Cmd::Study { study_uid, target } => study(&target, &study_uid),
+        Cmd::Exams { target } => exams(&target),
+        Cmd::Export {
+            format: ExportFormat::Xdm,
+            study_uid,
+            out,
+            target,
+        } => export_xdm(&target, &study_uid, out),
     }
 }
 
@@ -287,4 +317,86 @@ fn study(target: &Target, study_uid: &str) -> Result<ExitCode> {
             Ok(ExitCode::from(3))
         }
     }
+}
+
+fn exams(target: &Target) -> Result<ExitCode> {
+    let mut client = reader(target)?;
+    let Response::Exams(v) = client.call(&Request::Exams)? else {
+        bail!("unexpected answer from the archive");
+    };
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the exam's archived lots straight from the store (they never change once archived)
+/// and writes the XDM zip atomically.
+fn export_xdm(target: &Target, study_uid: &str, out: Option<PathBuf>) -> Result<ExitCode> {
+    let path = target.config_path();
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config = Config::parse(&text).map_err(|p| {
+        anyhow::anyhow!(
+            "{}: {} problem(s), run `drimbox config check`",
+            path.display(),
+            p.len()
+        )
+    })?;
+    if !drimbox::archive::store::is_safe_uid(study_uid) {
+        bail!("`{study_uid}` is not a Study Instance UID");
+    }
+    let layout = drimbox::archive::store::Layout::new(&config.storage.data_dir);
+    let dir = layout.lots().join(study_uid);
+    let mut lots = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("no lot archived for exam {study_uid} (see `drimbox exams`)");
+            return Ok(ExitCode::from(3));
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(seq) = name.strip_prefix("SS").and_then(|n| n.parse::<u32>().ok()) else {
+            continue; // an unfinished copy (`.SS….tmp`)
+        };
+        let mut files = Vec::new();
+        for f in std::fs::read_dir(entry.path())? {
+            let f = f?;
+            let bytes = std::fs::read(f.path())
+                .with_context(|| format!("reading {}", f.path().display()))?;
+            files.push((f.file_name().to_string_lossy().to_string(), bytes));
+        }
+        lots.push(drimbox::xdm::ArchivedLot { seq, files });
+    }
+    lots.sort_by_key(|l| l.seq);
+    if lots.is_empty() {
+        eprintln!("no lot archived for exam {study_uid} (see `drimbox exams`)");
+        return Ok(ExitCode::from(3));
+    }
+    let files = drimbox::xdm::layout(
+        study_uid,
+        &lots,
+        &drimbox::xdm::Sender {
+            institution: config.publication.institution_name.clone(),
+        },
+    );
+    let stamp: String = drimbox::status::rfc3339(drimbox::archive::now_ms())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let (date, time) = drimbox::zip::dos_datetime(&stamp);
+    let zip = drimbox::zip::write(&files, date, time)?;
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{study_uid}.zip")));
+    let tmp = out.with_extension("zip.tmp");
+    std::fs::write(&tmp, &zip).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "{}: {} lot(s), {} bytes",
+        out.display(),
+        lots.len(),
+        zip.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }

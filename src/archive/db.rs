@@ -7,13 +7,16 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use redb::{
-    Database, MultimapTableDefinition, ReadTransaction, ReadableDatabase, ReadableTable,
+    Database, MultimapTableDefinition, ReadTransaction, ReadableDatabase, ReadableMultimapTable,
+    ReadableTable,
     ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 
 use super::model::{
-    InstanceRow, InstanceView, Rejection, RejectionNoteRef, ReportRow, StudyRow, StudyView, Summary,
+    ExamView, InstanceRow, InstanceView, LotRow, Rejection, RejectionNoteRef, ReportRow, StudyRow,
+    StudyView, Summary,
 };
+use crate::exam::{ExamInputs, ReportInput, StudyFacts};
 use crate::ipc::NewInstance;
 
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
@@ -33,6 +36,12 @@ const IN_DOUBT: TableDefinition<&str, ()> = TableDefinition::new("in_doubt");
 const REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("reports");
 /// Instances flagged `missing`, so that counting them does not scan every row.
 const MISSING: TableDefinition<&str, ()> = TableDefinition::new("missing");
+/// Report keys by the Study Instance UIDs their CDA names: how reports meet studies.
+const STUDY_REPORTS: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("study_reports");
+/// Lots built for exams, keyed `<study>/<seq, 6 digits>` (JSON `LotRow`): the exam's history,
+/// never deleted.
+const LOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("lots");
 
 pub const SCHEMA_VERSION: &str = "1";
 
@@ -99,7 +108,21 @@ impl Db {
             txn.open_table(IN_DOUBT)?;
             txn.open_table(MISSING)?;
             txn.open_table(REPORTS)?;
+            txn.open_table(LOTS)?;
+            let mut by_study = txn.open_multimap_table(STUDY_REPORTS)?;
             let mut meta = txn.open_table(META)?;
+            // Databases from before reports met studies: index their reports once.
+            if meta.get("study_reports")?.is_none() {
+                let reports = txn.open_table(REPORTS)?;
+                for entry in reports.iter()? {
+                    let (k, v) = entry?;
+                    let row: ReportRow = decode(k.value(), v.value())?;
+                    for study in &row.facts.study_uids {
+                        by_study.insert(study.as_str(), k.value())?;
+                    }
+                }
+                meta.insert("study_reports", "1")?;
+            }
             let found = meta.get("schema")?.map(|v| v.value().to_string());
             match found {
                 None => {
@@ -199,6 +222,103 @@ impl Db {
             stable: row.stable,
             identity_conflicts: row.identity_conflicts,
         }))
+    }
+
+    /// Everything about one exam (study UID), or None when neither images nor reports name it.
+    pub fn exam(&self, study_uid: &str) -> Result<Option<ExamRecord>, DbError> {
+        let txn = self.read()?;
+        let studies = txn.open_table(STUDIES)?;
+        let instances = txn.open_table(INSTANCES)?;
+        let index = txn.open_multimap_table(STUDY_INSTANCES)?;
+        let reports_t = txn.open_table(REPORTS)?;
+        let by_study = txn.open_multimap_table(STUDY_REPORTS)?;
+        let mut rec = ExamRecord::default();
+        let row: Option<StudyRow> = match studies.get(study_uid)? {
+            Some(v) => Some(decode(study_uid, v.value())?),
+            None => None,
+        };
+        for key in by_study.get(study_uid)? {
+            let key = key?;
+            if let Some(v) = reports_t.get(key.value())? {
+                let r: ReportRow = decode(key.value(), v.value())?;
+                rec.updated_ms = rec.updated_ms.max(r.received_ms);
+                rec.inputs.reports.push(ReportInput {
+                    key: key.value().to_string(),
+                    received_ms: r.received_ms,
+                    facts: r.facts.clone(),
+                });
+                rec.reports.push(r);
+            }
+        }
+        if row.is_none() && rec.reports.is_empty() {
+            return Ok(None);
+        }
+        if let Some(row) = row {
+            for sop in index.get(study_uid)? {
+                let sop = sop?;
+                let sop = sop.value();
+                if let Some(v) = instances.get(sop)? {
+                    let r: InstanceRow = decode(sop, v.value())?;
+                    if r.rejected.is_none() && !r.is_rejection_note && !r.missing {
+                        rec.images.push((sop.to_string(), r));
+                    }
+                }
+            }
+            rec.images.sort_by(|a, b| a.0.cmp(&b.0));
+            let versions: Vec<(String, u32)> = rec
+                .images
+                .iter()
+                .map(|(s, r)| (s.clone(), r.version))
+                .collect();
+            rec.updated_ms = rec.updated_ms.max(row.last_received_ms);
+            rec.inputs.study = Some(StudyFacts {
+                patient_id: row.patient_id.clone(),
+                accession: row.accession_number.clone(),
+                images: rec.images.len() as u32,
+                stable: row.stable,
+                identity_conflicts: row.identity_conflicts,
+                modalities: row.modalities.iter().cloned().collect(),
+                images_digest: images_digest(&versions),
+            });
+        }
+        rec.lots = lots_of(&txn.open_table(LOTS)?, study_uid)?;
+        rec.inputs.lots = rec.lots.iter().map(|l| l.facts.clone()).collect();
+        Ok(Some(rec))
+    }
+
+    /// Study UIDs of every exam: studies with images, and those only reports name.
+    pub fn exam_uids(&self) -> Result<Vec<String>, DbError> {
+        let txn = self.read()?;
+        let mut uids = std::collections::BTreeSet::new();
+        for entry in txn.open_table(STUDIES)?.iter()? {
+            uids.insert(entry?.0.value().to_string());
+        }
+        for entry in txn.open_multimap_table(STUDY_REPORTS)?.iter()? {
+            uids.insert(entry?.0.value().to_string());
+        }
+        Ok(uids.into_iter().collect())
+    }
+
+    /// Every exam with its state, most recently updated first.
+    pub fn exams(&self, policy: &crate::exam::Policy) -> Result<Vec<ExamView>, DbError> {
+        let mut out = Vec::new();
+        for uid in self.exam_uids()? {
+            if let Some(rec) = self.exam(&uid)? {
+                let state = crate::exam::assess(&rec.inputs, policy);
+                out.push(ExamView {
+                    study_uid: uid,
+                    label: state.label().to_string(),
+                    reason: state.reason().map(str::to_string),
+                    state,
+                    images: rec.images.len() as u32,
+                    reports: rec.reports.len() as u32,
+                    lots: rec.lots.len() as u32,
+                    updated_ms: rec.updated_ms,
+                });
+            }
+        }
+        out.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms));
+        Ok(out)
     }
 
     /// Marks as stable every study quiet since `quiet_ms`; returns their UIDs.
@@ -322,7 +442,87 @@ pub fn report_in(txn: &WriteTransaction, key: &str) -> Result<Option<ReportRow>,
 pub fn insert_report(txn: &WriteTransaction, key: &str, row: &ReportRow) -> Result<(), DbError> {
     txn.open_table(REPORTS)?
         .insert(key, encode(row).as_slice())?;
+    let mut by_study = txn.open_multimap_table(STUDY_REPORTS)?;
+    for study in &row.facts.study_uids {
+        by_study.insert(study.as_str(), key)?;
+    }
     Ok(())
+}
+
+fn lot_key(study_uid: &str, seq: u32) -> String {
+    format!("{study_uid}/{seq:06}")
+}
+
+/// The lots of one study, in order (read or write transaction).
+fn lots_of<T: ReadableTable<&'static str, &'static [u8]>>(
+    t: &T,
+    study_uid: &str,
+) -> Result<Vec<LotRow>, DbError> {
+    let from = format!("{study_uid}/");
+    let to = format!("{study_uid}0"); // '0' follows '/' in ASCII: the end of the prefix range
+    let mut out = Vec::new();
+    for entry in t.range(from.as_str()..to.as_str())? {
+        let (k, v) = entry?;
+        out.push(decode(k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// Records a built lot and marks the built lots it supersedes, inside a write transaction.
+pub fn insert_lot(txn: &WriteTransaction, study_uid: &str, row: &LotRow) -> Result<(), DbError> {
+    let mut t = txn.open_table(LOTS)?;
+    let older = lots_of(&t, study_uid)?;
+    for mut lot in older {
+        if lot.facts.status == crate::exam::LotStatus::Built {
+            lot.facts.status = crate::exam::LotStatus::Superseded;
+            t.insert(
+                lot_key(study_uid, lot.facts.seq).as_str(),
+                encode(&lot).as_slice(),
+            )?;
+        }
+    }
+    t.insert(
+        lot_key(study_uid, row.facts.seq).as_str(),
+        encode(row).as_slice(),
+    )?;
+    Ok(())
+}
+
+/// The next lot number of the box, durably reserved (UIDs are made from it, so it is never
+/// handed out twice, even across a crash).
+pub fn reserve_lot_number(txn: &WriteTransaction) -> Result<u64, DbError> {
+    let mut meta = txn.open_table(META)?;
+    let current = meta
+        .get("lot_number")?
+        .and_then(|v| v.value().parse::<u64>().ok())
+        .unwrap_or(0);
+    let next = current + 1;
+    meta.insert("lot_number", next.to_string().as_str())?;
+    Ok(next)
+}
+
+/// SHA-256 over the sorted `(SOP Instance UID, version)` of the given images.
+pub fn images_digest(images: &[(String, u32)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&(String, u32)> = images.iter().collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for (sop, version) in sorted {
+        h.update(sop.as_bytes());
+        h.update(format!(":{version}\n").as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the archive holds about one exam, gathered for [`crate::exam::assess`].
+#[derive(Debug, Clone, Default)]
+pub struct ExamRecord {
+    pub inputs: ExamInputs,
+    /// Publishable images: (SOP Instance UID, row).
+    pub images: Vec<(String, InstanceRow)>,
+    pub reports: Vec<ReportRow>,
+    pub lots: Vec<LotRow>,
+    pub updated_ms: i64,
 }
 
 /// Looks an instance up inside a write transaction (sees this batch's earlier writes).

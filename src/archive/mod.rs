@@ -7,6 +7,7 @@
 //! each. Under one association that is one commit per instance; under four, fewer.
 
 pub mod db;
+pub mod exams;
 pub mod model;
 pub mod recovery;
 pub mod store;
@@ -79,6 +80,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ArchiveError> {
     let report = recovery::recover(&layout, &db)?;
     report.log();
 
+    let policy = Arc::new(config.publication.policy());
     let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(QUEUE);
     let quiet_ms = config.archive.stable_after.as_millis() as i64;
     let writer_alive = Arc::new(AtomicI64::new(now_ms()));
@@ -155,9 +157,12 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ArchiveError> {
                     let jobs = jobs_tx.clone();
                     let role = *role;
                     let layout = layout.clone();
+                    let policy = policy.clone();
                     let _ = std::thread::Builder::new()
                         .name(format!("ipc-{}", role.name()))
-                        .spawn(move || serve_connection(stream, role, &db, &layout, &jobs));
+                        .spawn(move || {
+                            serve_connection(stream, role, &db, &layout, &jobs, &policy)
+                        });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => log::warn!("accept on {} socket: {e}", role.name()),
@@ -182,6 +187,7 @@ fn serve_connection(
     db: &Db,
     layout: &Layout,
     jobs: &mpsc::SyncSender<Job>,
+    policy: &crate::exam::Policy,
 ) {
     match ipc::read_frame::<Hello>(&mut stream) {
         Ok(Some(h)) if h.version == ipc::PROTOCOL_VERSION => {}
@@ -216,7 +222,7 @@ fn serve_connection(
                 message: format!("role {} may not make this request", role.name()),
             })
         } else {
-            answer(request, db, layout, jobs)
+            answer(request, db, layout, jobs, policy)
         };
         if ipc::write_frame(&mut stream, &response).is_err() {
             return;
@@ -224,19 +230,37 @@ fn serve_connection(
     }
 }
 
-fn failure(kind: FailureKind, message: impl Into<String>) -> ArchiveFailure {
+pub(crate) fn failure(kind: FailureKind, message: impl Into<String>) -> ArchiveFailure {
     ArchiveFailure {
         kind,
         message: message.into(),
     }
 }
 
-fn db_failure(e: impl std::fmt::Display) -> ArchiveFailure {
+pub(crate) fn db_failure(e: impl std::fmt::Display) -> ArchiveFailure {
     failure(FailureKind::Resources, e.to_string())
 }
 
-fn answer(request: Request, db: &Db, layout: &Layout, jobs: &mpsc::SyncSender<Job>) -> Response {
+fn answer(
+    request: Request,
+    db: &Db,
+    layout: &Layout,
+    jobs: &mpsc::SyncSender<Job>,
+    policy: &crate::exam::Policy,
+) -> Response {
     match request {
+        Request::Exams => match db.exams(policy) {
+            Ok(v) => Response::Exams(v),
+            Err(e) => Response::Error(db_failure(e)),
+        },
+        Request::NextWork { skip } => match exams::next_work(db, layout, policy, &skip) {
+            Ok(w) => Response::Work(w.map(Box::new)),
+            Err(f) => Response::Error(f),
+        },
+        Request::RecordLot(lot) => match exams::record_lot(db, layout, policy, &lot) {
+            Ok(seq) => Response::LotRecorded { seq },
+            Err(f) => Response::Error(f),
+        },
         Request::RecordReport(report) => match record_report(db, layout, &report) {
             Ok(outcome) => Response::ReportRecorded(outcome),
             Err(f) => Response::Error(f),

@@ -152,3 +152,69 @@ impl InstanceView {
         }
     }
 }
+
+/// A lot built for an exam, keyed by `<study>/<seq>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LotRow {
+    #[serde(flatten)]
+    pub facts: crate::exam::LotFacts,
+    /// Store-relative directory of its files (`lots/<study>/SS000001`), an XDM subset.
+    pub dir: String,
+    pub files: Vec<String>,
+    pub kos_sop_uid: String,
+    pub kos_instance_number: u32,
+    pub submission_set_uid: String,
+    pub built_ms: i64,
+}
+
+/// An exam as the status page and the CLI see it: UIDs, state and reason, no patient data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExamView {
+    pub study_uid: String,
+    pub state: crate::exam::ExamState,
+    pub label: String,
+    pub reason: Option<String>,
+    pub images: u32,
+    pub reports: u32,
+    pub lots: u32,
+    /// Last time anything arrived for it (image or report).
+    pub updated_ms: i64,
+}
+
+/// Study- and series-level attributes the KOS repeats, read from the stored images.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StudyAttributes {
+    pub study_date: String,
+    pub study_time: String,
+    pub referring_physician: String,
+    pub study_description: String,
+    pub study_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesMaterial {
+    pub series_uid: String,
+    pub modality: String,
+    pub description: String,
+    /// (SOP Class UID, SOP Instance UID) of its publishable images, by instance UID.
+    pub instances: Vec<(String, String)>,
+}
+
+/// Everything the publisher needs to build an exam's next lot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExamWork {
+    pub study_uid: String,
+    /// The seq the new lot takes.
+    pub seq: u32,
+    /// A number no other lot of this box has had (durably reserved): the UIDs are made from it.
+    pub lot_number: u64,
+    pub action: crate::exam::NextAction,
+    pub report_key: String,
+    /// The report message as received (the CDA travels inside), base64.
+    pub report_base64: String,
+    pub study: StudyAttributes,
+    pub series: Vec<SeriesMaterial>,
+    pub images_digest: String,
+    /// The accepted lot this one replaces, if any.
+    pub previous: Option<LotRow>,
+}

@@ -43,6 +43,16 @@ impl Layout {
     pub fn reports(&self) -> PathBuf {
         self.data_dir.join("reports")
     }
+
+    /// Where the publisher leaves a built lot (one subdirectory per lot) for the archive.
+    pub fn lot_staging(&self) -> PathBuf {
+        self.data_dir.join("lot-staging")
+    }
+
+    /// Archived lots: `lots/<study>/SS<seq>/`, each an IHE XDM subset.
+    pub fn lots(&self) -> PathBuf {
+        self.data_dir.join("lots")
+    }
     /// Store-relative path of an instance file.
     pub fn instance_rel(study_uid: &str, sop_uid: &str, version: u32) -> String {
         if version <= 1 {
@@ -63,6 +73,8 @@ impl Layout {
             self.quarantine(),
             self.hl7_staging(),
             self.reports(),
+            self.lot_staging(),
+            self.lots(),
         ] {
             if !dir.is_dir() {
                 fs::create_dir_all(&dir)?;

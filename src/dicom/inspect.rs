@@ -56,6 +56,34 @@ fn items(obj: &InMemDicomObject, tag: dicom_core::Tag) -> &[InMemDicomObject] {
         .unwrap_or(&[])
 }
 
+/// The study- and series-level text the KOS repeats (StudyDate, descriptions, …), decoded in
+/// the file's character set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Descriptive {
+    pub study_date: String,
+    pub study_time: String,
+    pub referring_physician: String,
+    pub study_description: String,
+    pub study_id: String,
+    pub series_description: String,
+}
+
+pub fn descriptive_file(path: &Path) -> Result<Descriptive, InspectError> {
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| InspectError(e.to_string()))?;
+    let t = |tag| text(&obj, tag).unwrap_or_default();
+    Ok(Descriptive {
+        study_date: t(tags::STUDY_DATE),
+        study_time: t(tags::STUDY_TIME),
+        referring_physician: t(tags::REFERRING_PHYSICIAN_NAME),
+        study_description: t(tags::STUDY_DESCRIPTION),
+        study_id: t(tags::STUDY_ID),
+        series_description: t(tags::SERIES_DESCRIPTION),
+    })
+}
+
 pub fn inspect_object(obj: &InMemDicomObject) -> Inspected {
     let sop_class_uid = text(obj, tags::SOP_CLASS_UID);
     let rejection = if sop_class_uid.as_deref() == Some(KEY_OBJECT_SELECTION) {

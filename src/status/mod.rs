@@ -64,7 +64,63 @@ pub fn collect(config: &Config) -> Snapshot {
         &config.storage.data_dir,
         f64::from(config.status.disk_warn_percent),
     );
-    build(config, now, health, archive, disk)
+    let exams = ipc::Client::connect(
+        &config.storage.run_dir,
+        Role::Reader,
+        Duration::from_secs(3),
+    )
+    .and_then(|mut c| c.call(&Request::Exams))
+    .ok()
+    .and_then(|r| match r {
+        Response::Exams(v) => Some(exams_section(&v)),
+        _ => None,
+    });
+    let mut snapshot = build(config, now, health, archive, disk);
+    if let Some(e) = &exams {
+        let held = e.by_state.get("on hold").copied().unwrap_or(0);
+        if held > 0 {
+            if snapshot.verdict == Verdict::Ok {
+                snapshot.verdict = Verdict::Degraded;
+            }
+            snapshot
+                .reasons
+                .push(format!("{held} exam(s) on hold: see the exams list"));
+        }
+    }
+    snapshot.exams = exams;
+    snapshot
+}
+
+/// Most exam lines the page lists.
+const MAX_EXAM_LINES: usize = 50;
+
+/// The status page's view of the exams: counts by state, then the held and excluded exams
+/// first, then the most recent.
+pub fn exams_section(views: &[crate::archive::model::ExamView]) -> model::Exams {
+    let mut by_state = std::collections::BTreeMap::new();
+    for v in views {
+        *by_state.entry(v.label.clone()).or_insert(0) += 1;
+    }
+    let needs_person = |v: &&crate::archive::model::ExamView| v.reason.is_some();
+    let mut ordered: Vec<&crate::archive::model::ExamView> =
+        views.iter().filter(needs_person).collect();
+    ordered.extend(views.iter().filter(|v| v.reason.is_none()));
+    let listed = ordered
+        .iter()
+        .take(MAX_EXAM_LINES)
+        .map(|v| model::ExamLine {
+            study_uid: v.study_uid.clone(),
+            state: v.label.clone(),
+            reason: v.reason.clone(),
+            images: v.images,
+            lots: v.lots,
+        })
+        .collect();
+    model::Exams {
+        by_state,
+        listed,
+        more: views.len().saturating_sub(MAX_EXAM_LINES) as u64,
+    }
 }
 
 /// The pure part of [`collect`]: given what was read, the snapshot and its verdict.
@@ -90,6 +146,7 @@ pub fn build(
         services: health.map(|h| h.services).unwrap_or_default(),
         disk,
         archive,
+        exams: None,
         dmp: Section::not_configured(),
         whitelist: Section::not_configured(),
         ota: Section::not_configured(),

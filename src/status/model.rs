@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub disk: Option<Disk>,
     /// None when the archive did not answer.
     pub archive: Option<ArchiveCounters>,
+    /// Where the exams stand (None when the archive did not answer).
+    #[serde(default)]
+    pub exams: Option<Exams>,
     /// Sections later steps fill; each says "not configured" until then, never a made-up value.
     pub dmp: Section,
     pub whitelist: Section,
@@ -115,6 +118,26 @@ impl Disk {
 
 /// The archive's counters (`Request::Summary`): counts only, no patient data.
 pub use crate::archive::model::Summary as ArchiveCounters;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exams {
+    /// Exams per state label ("ready to publish", "on hold", …).
+    pub by_state: std::collections::BTreeMap<String, u64>,
+    /// The exams that need a person (on hold) or were deliberately not published, and the
+    /// most recent others: Study Instance UID, state and reason only.
+    pub listed: Vec<ExamLine>,
+    /// Exams not listed (the list is bounded).
+    pub more: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExamLine {
+    pub study_uid: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub images: u32,
+    pub lots: u32,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Section {

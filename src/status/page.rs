@@ -245,7 +245,9 @@ pub fn render_html(s: &Snapshot) -> String {
     render_disk(&mut h, s.disk.as_ref());
     render_counters(&mut h, s.archive.as_ref());
     render_box(&mut h, s);
-    h.push_str("</div>\n<div class=\"grid sections\">\n");
+    h.push_str("</div>\n");
+    render_exams(&mut h, s.exams.as_ref());
+    h.push_str("<div class=\"grid sections\">\n");
     render_section(&mut h, "dmp", "DMP publications", &s.dmp);
     render_section(&mut h, "whitelist", "Whitelist", &s.whitelist);
     render_section(&mut h, "ota", "OTA updates", &s.ota);
@@ -474,6 +476,48 @@ fn render_box(h: &mut String, s: &Snapshot) {
         escape(&s.dicom.ae_title),
         s.dicom.port,
     );
+}
+
+/// The exams card: counts by state, then one row per listed exam (`data-exam-state`), with the
+/// reason of a hold. Study Instance UIDs only: no name, no patient identifier.
+fn render_exams(h: &mut String, exams: Option<&crate::status::model::Exams>) {
+    h.push_str("<section class=\"card exams\" data-section=\"exams\">\n<h2>Exams</h2>\n");
+    let Some(e) = exams else {
+        h.push_str("<div class=\"summary\">archive not answering</div>\n</section>\n");
+        return;
+    };
+    if e.by_state.is_empty() {
+        h.push_str("<div class=\"summary\">no exam yet</div>\n</section>\n");
+        return;
+    }
+    let counts: Vec<String> = e
+        .by_state
+        .iter()
+        .map(|(k, v)| format!("{v} {}", escape(k)))
+        .collect();
+    let _ = writeln!(h, "<div class=\"summary\">{}</div>", counts.join(" \u{b7} "));
+    h.push_str(
+        "<table class=\"exams\"><thead><tr><th>Study</th><th>State</th><th>Why</th>\
+         <th>Images</th><th>Lots</th></tr></thead><tbody>\n",
+    );
+    for l in &e.listed {
+        let _ = writeln!(
+            h,
+            "<tr data-exam-state=\"{}\"><td class=\"uid\">{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td></tr>",
+            escape(&l.state),
+            escape(&l.study_uid),
+            escape(&l.state),
+            escape(l.reason.as_deref().unwrap_or("")),
+            l.images,
+            l.lots
+        );
+    }
+    h.push_str("</tbody></table>\n");
+    if e.more > 0 {
+        let _ = writeln!(h, "<div class=\"meta\">and {} more</div>", e.more);
+    }
+    h.push_str("</section>\n");
 }
 
 fn render_section(h: &mut String, key: &str, title: &str, sec: &Section) {

@@ -243,6 +243,7 @@ impl Supervisor {
                 Role::Receiver => ids.of("receiver").gid,
                 Role::Hl7 => ids.of("hl7").gid,
                 Role::Reader => ids.box_gid,
+                Role::Publisher => ids.of("publisher").gid,
             });
             let path = role.socket_path(&c.storage.run_dir);
             let l = layout::bind_unix(&path, group).map_err(|source| SupervisorError::Listen {

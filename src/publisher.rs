@@ -1,0 +1,322 @@
+//! The publisher: its own process, the only one that can read the practice's signing key.
+//!
+//! It asks the archive for the next exam whose lot must be built, builds the KOS, the signature
+//! and the XDS metadata ([`crate::lot`]), writes the files into the lot staging directory
+//! (each fsync'd, then the directory), and asks the archive to archive the lot. Sending it to
+//! the DMP is the next step of the roadmap; until then a built lot waits, shown on the status
+//! page as "lot built".
+//!
+//! Without a complete `[publication]` section (WADO-RS base, content type, signing) it builds
+//! nothing and says why on the status page; exams stay "ready to publish".
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::archive::model::ExamWork;
+use crate::archive::store::Layout;
+use crate::config::{Config, SigningConfig};
+use crate::ipc::{self, NewLot, Request, Response, Role};
+use crate::kos::LocalTime;
+use crate::lot::{self, BuildTime, LotIds, LotSettings, LotSigner};
+use crate::xds::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublisherError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("the signing certificate {path}: {message}")]
+    Signing { path: PathBuf, message: String },
+}
+
+/// How often the archive is asked for work when there was none.
+const POLL: Duration = Duration::from_secs(1);
+/// How long an exam whose lot failed to build is left alone before the next attempt.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The box's local time now (the KOS carries it with its offset).
+pub fn local_now(ms: i64) -> LocalTime {
+    let secs = ms.div_euclid(1000) as libc::time_t;
+    // SAFETY: localtime_r only writes into `tm`.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
+    let offset_secs = if ok { tm.tm_gmtoff } else { 0 };
+    let digits: String = crate::status::rfc3339(ms + offset_secs * 1000)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    LocalTime {
+        date: digits[0..8].to_string(),
+        time: digits[8..14].to_string(),
+        offset_minutes: (offset_secs / 60) as i32,
+    }
+}
+
+fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut b))?;
+    Ok(b)
+}
+
+/// `urn:uuid:` + a random (v4) UUID.
+pub fn urn_uuid() -> io::Result<String> {
+    let mut b: [u8; 16] = random_bytes()?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "urn:uuid:{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+/// A UUID-derived UID (`2.25.<uuid as an integer>`, PS3.5 B.2).
+pub fn uuid_uid() -> io::Result<String> {
+    let mut b: [u8; 16] = random_bytes()?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Ok(format!("2.25.{}", u128::from_be_bytes(b)))
+}
+
+fn lot_ids(config: &Config, lot_number: u64) -> io::Result<LotIds> {
+    let associations = [urn_uuid()?, urn_uuid()?, urn_uuid()?, urn_uuid()?];
+    Ok(match &config.publication.uid_root {
+        Some(root) => LotIds::under_root(root, lot_number, associations),
+        None => LotIds {
+            kos_sop_uid: uuid_uid()?,
+            kos_series_uid: uuid_uid()?,
+            submission_set_uid: uuid_uid()?,
+            signature_id: uuid_uid()?,
+            association_ids: associations,
+        },
+    })
+}
+
+/// What keeps the publisher from building lots, if anything (shown on the status page).
+pub fn missing_settings(config: &Config) -> Option<&'static str> {
+    let p = &config.publication;
+    if p.wado_base_url.is_none() {
+        Some("publication.wado_base_url is not set")
+    } else if p.content_type.is_none() {
+        Some("publication.content_type is not set")
+    } else if p.signing.is_none() {
+        Some("publication.signing is not set")
+    } else if p.source_id.is_none() && p.uid_root.is_none() {
+        Some("publication.source_id (or uid_root) is not set")
+    } else {
+        None
+    }
+}
+
+pub fn settings(config: &Config) -> Option<LotSettings> {
+    let p = &config.publication;
+    let (code, scheme, display) = p.content_type.clone()?;
+    Some(LotSettings {
+        wado_base_url: p.wado_base_url.clone()?,
+        source_id: p.source_id.clone().or_else(|| p.uid_root.clone())?,
+        institution_name: p.institution_name.clone(),
+        content_type: Code {
+            code,
+            scheme,
+            display,
+        },
+    })
+}
+
+/// Loads the practice's signing certificate (PKCS#12 + password file).
+pub fn load_signer(s: &SigningConfig) -> Result<Box<dyn LotSigner + Send>, PublisherError> {
+    let err = |message: String| PublisherError::Signing {
+        path: s.pkcs12.clone(),
+        message,
+    };
+    let password = fs::read_to_string(&s.password_file).map_err(|source| PublisherError::Io {
+        what: "reading the password file",
+        path: s.password_file.clone(),
+        source,
+    })?;
+    let password = password.lines().next().unwrap_or_default().to_string();
+    let der = fs::read(&s.pkcs12).map_err(|source| PublisherError::Io {
+        what: "reading",
+        path: s.pkcs12.clone(),
+        source,
+    })?;
+    let algorithm = match s.algorithm.as_str() {
+        "rsa-sha1" => crate::signing::SignatureAlgorithm::RsaSha1,
+        _ => crate::signing::SignatureAlgorithm::RsaSha256,
+    };
+    let identity = crate::signing::SigningIdentity::from_pkcs12(&der, &password)
+        .map_err(|e| err(e.to_string()))?;
+    Ok(Box::new(crate::signing::LotSignatureSigner::new(
+        identity, algorithm,
+    )))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Builds one exam's lot and hands it to the archive. Returns the archived seq.
+pub fn build_and_record(
+    config: &Config,
+    archive: &mut ipc::Client,
+    work: &ExamWork,
+    settings: &LotSettings,
+    signer: &dyn LotSigner,
+) -> Result<u32, String> {
+    let message = crate::base64::decode(&work.report_base64).map_err(|e| e.to_string())?;
+    let parsed = crate::hl7::message::Message::parse(&message).map_err(|e| e.to_string())?;
+    let report = crate::hl7::report::read(&parsed).map_err(|e| e.to_string())?;
+    let cda = crate::cda::parse_header(&report.cda).map_err(|e| e.to_string())?;
+    let now = crate::archive::now_ms();
+    let at = BuildTime {
+        utc: crate::status::rfc3339(now)
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect(),
+        local: local_now(now),
+    };
+    let ids = lot_ids(config, work.lot_number).map_err(|e| e.to_string())?;
+    let built = lot::build(work, &report, &cda, settings, &ids, &at, signer)
+        .map_err(|e| e.to_string())?;
+
+    let staging = Layout::new(&config.storage.data_dir).lot_staging();
+    let name = format!("lot-{}", work.lot_number);
+    let dir = staging.join(&name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    for (file, bytes) in &built.files {
+        write_synced(&dir.join(file), bytes).map_err(|e| format!("writing {file}: {e}"))?;
+    }
+    crate::archive::store::fsync_dir(&dir).map_err(|e| e.to_string())?;
+    let request = Request::RecordLot(Box::new(NewLot {
+        staging_name: name,
+        study_uid: work.study_uid.clone(),
+        seq: work.seq,
+        action: work.action.lot_action(),
+        report_key: work.report_key.clone(),
+        images_digest: work.images_digest.clone(),
+        kos_sop_uid: built.ids.kos_sop_uid.clone(),
+        kos_instance_number: built.kos_instance_number,
+        submission_set_uid: built.ids.submission_set_uid.clone(),
+        files: built.files.iter().map(|(n, _)| n.clone()).collect(),
+    }));
+    let outcome = archive.call(&request);
+    // Whatever the answer, the staging copy has served (the archive copied it or refused it).
+    let _ = fs::remove_dir_all(&dir);
+    match outcome {
+        Ok(Response::LotRecorded { seq }) => Ok(seq),
+        Ok(Response::Error(f)) => Err(f.message),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs the publisher until `stop` is set.
+pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError> {
+    let mut reporter = crate::control::Reporter::from_env();
+    let staging = Layout::new(&config.storage.data_dir).lot_staging();
+    // Leftovers of a crash: never handed over, so never counted.
+    if let Ok(entries) = fs::read_dir(&staging) {
+        for e in entries.flatten() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+    let ready = match (missing_settings(config), settings(config)) {
+        (None, Some(s)) => {
+            let signing = config.publication.signing.as_ref().expect("checked");
+            Some((s, load_signer(signing)?))
+        }
+        (Some(why), _) | (None, None) => {
+            let why = why.unwrap_or("publication settings incomplete");
+            log::warn!("publisher idle: {why}");
+            reporter.error(format!("not building lots: {why}"));
+            None
+        }
+    };
+    log::info!("publisher ready");
+    let mut built = 0u64;
+    let mut failed = 0u64;
+    let mut archive: Option<ipc::Client> = None;
+    let mut next_poll = Instant::now();
+    // Exams whose lot could not be built, and when to try again (so one bad exam never holds
+    // the others back).
+    let mut retry: std::collections::HashMap<String, Instant> = Default::default();
+    while !stop.load(Ordering::Relaxed) {
+        reporter.beat(true, || {
+            [
+                ("lots_built".to_string(), built),
+                ("lots_failed".to_string(), failed),
+            ]
+            .into()
+        });
+        let Some((settings, signer)) = &ready else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        if Instant::now() < next_poll {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        next_poll = Instant::now() + POLL;
+        if archive.is_none() {
+            archive = ipc::Client::connect(
+                &config.storage.run_dir,
+                Role::Publisher,
+                Duration::from_secs(5),
+            )
+            .ok();
+        }
+        let Some(client) = archive.as_mut() else {
+            continue;
+        };
+        retry.retain(|_, at| *at > Instant::now());
+        let skip = retry.keys().cloned().collect();
+        let work = match client.call(&Request::NextWork { skip }) {
+            Ok(Response::Work(w)) => w,
+            Ok(Response::Error(f)) => {
+                log::warn!("archive: {}", f.message);
+                None
+            }
+            Ok(_) | Err(_) => {
+                archive = None;
+                None
+            }
+        };
+        let Some(work) = work else {
+            continue;
+        };
+        match build_and_record(config, client, &work, settings, signer.as_ref()) {
+            Ok(seq) => {
+                built += 1;
+                log::info!(
+                    study_uid = work.study_uid.as_str();
+                    "lot {seq} built for the exam ({:?})",
+                    work.action.lot_action()
+                );
+                // More may be waiting: ask again at once.
+                next_poll = Instant::now();
+            }
+            Err(e) => {
+                failed += 1;
+                retry.insert(work.study_uid.clone(), Instant::now() + RETRY_AFTER);
+                log::warn!(study_uid = work.study_uid.as_str(); "lot not built: {e}");
+                reporter.error(format!("lot not built: {e}"));
+            }
+        }
+    }
+    log::info!("publisher stopped");
+    Ok(())
+}
