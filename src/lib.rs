@@ -12,3 +12,4 @@ pub mod logging;
 pub mod status;
 pub mod supervisor;
 pub mod tls;
+pub mod xml;
