@@ -9,6 +9,7 @@ pub mod dicom;
 pub mod hl7;
 pub mod ipc;
 pub mod logging;
+pub mod pki;
 pub mod status;
 pub mod supervisor;
 pub mod tls;
