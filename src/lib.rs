@@ -10,6 +10,7 @@ pub mod hl7;
 pub mod ipc;
 pub mod logging;
 pub mod pki;
+pub mod signing;
 pub mod status;
 pub mod supervisor;
 pub mod tls;
