@@ -318,9 +318,15 @@ pub fn build(
     })?;
 
     let ins_cx = format!("{}^^^&{}&ISO^NH", report.ins.id, report.ins.oid);
-    let source_patient_id = match &report.ipp {
-        Some(ipp) => format!("{}^^^&{}&ISO^PI", ipp.id, ipp.oid),
-        None => format!("{}^^^&{}&ISO^PI", report.ins.id, report.ins.oid),
+    // [IG-HL7]: the IPP when there is one (PID-3 PI, else the CDA's non-INS patient id).
+    let cda_ipp = cda
+        .patient_ids
+        .iter()
+        .find(|i| !crate::hl7::report::INS_OIDS.contains(&i.root.as_str()) && !i.extension.is_empty());
+    let source_patient_id = match (&report.ipp, cda_ipp) {
+        (Some(ipp), _) => format!("{}^^^&{}&ISO^PI", ipp.id, ipp.oid),
+        (None, Some(ipp)) => format!("{}^^^&{}&ISO^PI", ipp.extension, ipp.root),
+        (None, None) => format!("{}^^^&{}&ISO^PI", report.ins.id, report.ins.oid),
     };
     let author = Author {
         person: xcn(&cda.author_id, &cda.author_name),

@@ -247,6 +247,10 @@ fn service(name: &str, config_path: &Path) -> Result<ExitCode> {
             drimbox::logging::init("hl7", config.log.level);
             drimbox::hl7::listener::run(&config, stop)?;
         }
+        "publisher" => {
+            drimbox::logging::init("publisher", config.log.level);
+            drimbox::publisher::run(&config, stop)?;
+        }
         "status" => {
             drimbox::logging::init("status", config.log.level);
             drimbox::status::run(&config, stop)?;

@@ -151,15 +151,38 @@ pub fn load_signer(s: &SigningConfig) -> Result<Box<dyn LotSigner + Send>, Publi
         path: s.pkcs12.clone(),
         source,
     })?;
-    let algorithm = match s.algorithm.as_str() {
-        "rsa-sha1" => crate::signing::SignatureAlgorithm::RsaSha1,
-        _ => crate::signing::SignatureAlgorithm::RsaSha256,
-    };
-    let identity = crate::signing::SigningIdentity::from_pkcs12(&der, &password)
+    let algorithm = crate::signing::SignatureAlgorithm::from_name(&s.algorithm)
+        .unwrap_or(crate::signing::SignatureAlgorithm::RsaSha256);
+    let identity = crate::signing::identity::SigningIdentity::from_pkcs12(&der, &password)
         .map_err(|e| err(e.to_string()))?;
-    Ok(Box::new(crate::signing::LotSignatureSigner::new(
-        identity, algorithm,
-    )))
+    Ok(Box::new(PracticeSigner {
+        identity,
+        algorithm,
+    }))
+}
+
+/// Signs lots with the practice's certificate (IHE DSG, [`crate::signing::lot`]).
+pub struct PracticeSigner {
+    pub identity: crate::signing::identity::SigningIdentity,
+    pub algorithm: crate::signing::SignatureAlgorithm,
+}
+
+impl LotSigner for PracticeSigner {
+    fn sign(&self, r: &lot::SignatureRequest<'_>) -> Result<Vec<u8>, lot::LotError> {
+        use crate::signing::lot::{build_lot_signature, KosContent, LotSignatureInput};
+        build_lot_signature(
+            &LotSignatureInput {
+                signature_id: r.signature_id,
+                submission_set_unique_id: r.submission_set_uid,
+                kos_unique_id: r.kos_uid,
+                kos: KosContent::Bytes(r.kos_bytes),
+                signing_time: &r.signing_time,
+                algorithm: self.algorithm,
+            },
+            &self.identity,
+        )
+        .map_err(|e| lot::LotError::Signing(e.to_string()))
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -176,7 +199,7 @@ pub fn build_and_record(
     settings: &LotSettings,
     signer: &dyn LotSigner,
 ) -> Result<u32, String> {
-    let message = crate::base64::decode(&work.report_base64).map_err(|e| e.to_string())?;
+    let message = crate::base64::decode(work.report_base64.as_bytes()).map_err(|e| e.to_string())?;
     let parsed = crate::hl7::message::Message::parse(&message).map_err(|e| e.to_string())?;
     let report = crate::hl7::report::read(&parsed).map_err(|e| e.to_string())?;
     let cda = crate::cda::parse_header(&report.cda).map_err(|e| e.to_string())?;
@@ -239,7 +262,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
             let signing = config.publication.signing.as_ref().expect("checked");
             Some((s, load_signer(signing)?))
         }
-        (Some(why), _) | (None, None) => {
+        (why, _) => {
             let why = why.unwrap_or("publication settings incomplete");
             log::warn!("publisher idle: {why}");
             reporter.error(format!("not building lots: {why}"));
@@ -284,17 +307,18 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
         };
         retry.retain(|_, at| *at > Instant::now());
         let skip = retry.keys().cloned().collect();
-        let work = match client.call(&Request::NextWork { skip }) {
-            Ok(Response::Work(w)) => w,
+        let (work, lost) = match client.call(&Request::NextWork { skip }) {
+            Ok(Response::Work(w)) => (w, false),
             Ok(Response::Error(f)) => {
                 log::warn!("archive: {}", f.message);
-                None
+                (None, false)
             }
-            Ok(_) | Err(_) => {
-                archive = None;
-                None
-            }
+            Ok(_) | Err(_) => (None, true),
         };
+        if lost {
+            archive = None;
+            continue;
+        }
         let Some(work) = work else {
             continue;
         };

@@ -13,35 +13,12 @@ fn sample(name: &str) -> Vec<u8> {
     fs::read(shared().join("ref/hl7").join(name)).unwrap()
 }
 
-/// Sends one message with `mllp_send`; returns the ACK's bytes (without the MLLP frame).
 fn send(b: &DrimBox, message: &[u8]) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("msg.mllp");
-    let mut framed = vec![0x0b];
-    framed.extend_from_slice(message);
-    framed.extend_from_slice(&[0x1c, 0x0d]);
-    fs::write(&f, framed).unwrap();
-    let o = Command::new("mllp_send")
-        .args(["-p", &b.hl7_port.to_string(), "-f"])
-        .arg(&f)
-        .arg("127.0.0.1")
-        .output()
-        .expect("mllp_send (apt-get install python3-hl7)");
-    assert!(o.status.success(), "{}", text(&o));
-    let out = o.stdout;
-    let start = out.iter().position(|&c| c == 0x0b).unwrap_or(0);
-    let end = out.iter().position(|&c| c == 0x1c).unwrap_or(out.len());
-    out[start + 1..end].to_vec()
+    mllp_send(b.hl7_port, message)
 }
 
-/// A field of the ACK, e.g. `field(&ack, "MSA", 1)`.
 fn field(ack: &[u8], seg: &str, n: usize) -> String {
-    let text = String::from_utf8_lossy(ack);
-    text.split('\r')
-        .find(|s| s.starts_with(seg))
-        .and_then(|s| s.split('|').nth(n))
-        .unwrap_or("")
-        .to_string()
+    hl7_field(ack, seg, n)
 }
 
 fn reports(b: &DrimBox) -> u64 {

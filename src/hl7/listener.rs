@@ -295,7 +295,15 @@ fn handle(shared: &Shared, archive: &mut Option<ipc::Client>, bytes: &[u8]) -> V
             size: bytes.len() as u64,
             sha256: hex(&Sha256::digest(bytes)),
             ack_base64: crate::base64::encode(&accept),
-            ipp: r.ipp.as_ref().map(|i| i.id.clone()),
+            // PID-3's PI when the RIS sends it, else the CDA's own IPP (recordTarget's id that
+            // is not an INS): the agency's ORU sample carries it only in the CDA.
+            ipp: r.ipp.as_ref().map(|i| i.id.clone()).or_else(|| {
+                cda.patient_ids
+                    .iter()
+                    .find(|i| !crate::hl7::report::INS_OIDS.contains(&i.root.as_str()))
+                    .map(|i| i.extension.clone())
+                    .filter(|e| !e.is_empty())
+            }),
             flags: crate::ipc::ReportFlags {
                 dest_dmp: r.flags.dest_dmp,
                 masque_ps: r.flags.masque_ps,

@@ -60,6 +60,7 @@ fn entries(config: &Config, ids: &Identities) -> Vec<(PathBuf, u32, u32, u32, Ki
     let archive = ids.of("archive");
     let receiver = ids.of("receiver");
     let hl7 = ids.of("hl7");
+    let publisher = ids.of("publisher");
     vec![
         // Sockets and health.json: traversable by every service user (group drimbox).
         (
@@ -117,6 +118,15 @@ fn entries(config: &Config, ids: &Identities) -> Vec<(PathBuf, u32, u32, u32, Ki
             0o750,
             Kind::Dir,
         ),
+        // Built lots: the publisher writes and fsyncs, the archive copies them into lots/.
+        (
+            d.join("lot-staging"),
+            publisher.uid,
+            archive.gid,
+            0o2770,
+            Kind::Dir,
+        ),
+        (d.join("lots"), archive.uid, archive.gid, 0o750, Kind::Dir),
     ]
 }
 

@@ -61,7 +61,7 @@ pub enum SupervisorError {
 }
 
 /// The services `drimbox run` starts, in start order.
-pub const SERVICES: [&str; 4] = ["archive", "receiver", "hl7", "status"];
+pub const SERVICES: [&str; 5] = ["archive", "receiver", "hl7", "publisher", "status"];
 
 /// The supervisor's view of the box, written to `<run_dir>/health.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

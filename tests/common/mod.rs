@@ -59,6 +59,8 @@ pub struct Settings {
     pub no_wait: bool,
     /// Extra echoscu arguments for the readiness probe (TLS client certificate).
     pub probe_args: Vec<String>,
+    /// Appended to the generated configuration (e.g. a `[publication]` section).
+    pub extra_config: String,
 }
 
 impl Default for Settings {
@@ -78,6 +80,7 @@ impl Default for Settings {
             no_wait: false,
             status_tls: None,
             probe_args: Vec::new(),
+            extra_config: String::new(),
         }
     }
 }
@@ -154,6 +157,7 @@ impl DrimBox {
                 key.display().to_string()
             );
         }
+        text += &s.extra_config;
         let config_path = dir.path().join("drimbox.toml");
         fs::write(&config_path, text).unwrap();
         let log_path = dir.path().join("drimbox.log");
@@ -537,4 +541,36 @@ pub fn assert_stored_identical(b: &DrimBox, files: &[PathBuf]) {
 
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Sends one HL7 message with Debian python3-hl7's `mllp_send`; returns the ACK's bytes
+/// (without the MLLP frame).
+pub fn mllp_send(port: u16, message: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("msg.mllp");
+    let mut framed = vec![0x0b];
+    framed.extend_from_slice(message);
+    framed.extend_from_slice(&[0x1c, 0x0d]);
+    fs::write(&f, framed).unwrap();
+    let o = Command::new("mllp_send")
+        .args(["-p", &port.to_string(), "-f"])
+        .arg(&f)
+        .arg("127.0.0.1")
+        .output()
+        .expect("mllp_send (apt-get install python3-hl7)");
+    assert!(o.status.success(), "{}", text(&o));
+    let out = o.stdout;
+    let start = out.iter().position(|&c| c == 0x0b).unwrap_or(0);
+    let end = out.iter().position(|&c| c == 0x1c).unwrap_or(out.len());
+    out[start + 1..end].to_vec()
+}
+
+/// A field of an HL7 message, e.g. `hl7_field(&ack, "MSA", 1)`.
+pub fn hl7_field(message: &[u8], seg: &str, n: usize) -> String {
+    let text = String::from_utf8_lossy(message);
+    text.split('\r')
+        .find(|s| s.starts_with(seg))
+        .and_then(|s| s.split('|').nth(n))
+        .unwrap_or("")
+        .to_string()
 }
