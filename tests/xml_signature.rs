@@ -754,3 +754,47 @@ fn xmlsec1_verifies_the_rebuilt_reference_signature_with_the_igc_sante_pki() {
         Err(DsigError::DigestMismatch { .. })
     ));
 }
+
+/// The shape the whitelist will need (DRIM-M §5.2), signed by xmlsec1: an enveloped signature
+/// over the whole document (`URI=""`, enveloped-signature + exclusive C14N, rsa-sha256). Our
+/// verifier must accept xmlsec1's signature and reject a one-byte change.
+#[test]
+fn our_verifier_accepts_an_enveloped_signature_made_by_xmlsec1() {
+    let pki = mint_pki();
+    let d = pki.path();
+    let template = "<?xml version=\"1.0\"?>\n<list xmlns=\"urn:example:list\" xmlns:unused=\"urn:unused\">\n  \
+        <item host=\"db3.example\">a &amp; b</item>\n  <!-- a comment the node-set drops -->\n  \
+        <ds:Signature xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\"><ds:SignedInfo>\
+        <ds:CanonicalizationMethod Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"/>\
+        <ds:SignatureMethod Algorithm=\"http://www.w3.org/2001/04/xmldsig-more#rsa-sha256\"/>\
+        <ds:Reference URI=\"\"><ds:Transforms>\
+        <ds:Transform Algorithm=\"http://www.w3.org/2000/09/xmldsig#enveloped-signature\"/>\
+        <ds:Transform Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"/></ds:Transforms>\
+        <ds:DigestMethod Algorithm=\"http://www.w3.org/2001/04/xmlenc#sha256\"/><ds:DigestValue/></ds:Reference>\
+        </ds:SignedInfo><ds:SignatureValue/><ds:KeyInfo><ds:X509Data/></ds:KeyInfo></ds:Signature>\n</list>\n";
+    fs::write(d.join("template.xml"), template).unwrap();
+    let o = run(Command::new(tool("xmlsec1", "xmlsec1"))
+        .args([
+            "--sign",
+            "--privkey-pem",
+            "signer.key,signer.pem",
+            "--output",
+            "signed.xml",
+            "template.xml",
+        ])
+        .current_dir(d));
+    assert!(o.status.success(), "xmlsec1 --sign: {}", common::text(&o));
+    let signed = fs::read(d.join("signed.xml")).unwrap();
+    let report = dsig::verify(&signed, &VerifyOptions::default()).unwrap();
+    assert!(report.is_valid(), "{:?}\n{}", report.error(), show(&signed));
+    assert_eq!(report.references[0].uri, "");
+    assert!(report.manifests.is_empty());
+
+    let bad = tamper(&signed, "host=\"db");
+    let report = dsig::verify(&bad, &VerifyOptions::default()).unwrap();
+    assert!(matches!(
+        report.references[0].result,
+        Err(DsigError::DigestMismatch { .. })
+    ));
+    assert_eq!(report.signature_value, Ok(()));
+}
