@@ -169,8 +169,8 @@ impl Certificate {
     }
 
     /// The serial number in decimal (XMLDSig `X509SerialNumber` is an integer). RFC 5280
-    /// serials are positive; a (non-conformant) negative one is printed as its magnitude's
-    /// two's-complement bytes would read unsigned, which no conformant CA issues.
+    /// serials are positive; the bytes of a non-conformant negative one would be read as
+    /// unsigned (no conformant CA issues one).
     pub fn serial_decimal(&self) -> String {
         decimal(self.cert.tbs_certificate.serial_number.as_bytes())
     }

@@ -312,3 +312,489 @@ fn document_subsets_match_xmlsec1() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Lot signatures.
+
+use drimbox::signing::{
+    build_lot_signature, IdentityError, KosContent, LotSignatureInput, SignatureAlgorithm,
+    SigningIdentity,
+};
+use drimbox::xml::dsig::{self, DsigError, VerifyOptions};
+
+const P12_PASSWORD: &str = "cabinet-secret";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = run(Command::new(tool("openssl", "openssl"))
+        .args(args)
+        .current_dir(dir));
+    assert!(o.status.success(), "openssl {args:?}: {}", common::text(&o));
+}
+
+/// A test PKI minted now: a CA, a signing certificate it issues (RSA 2048, a 128-bit serial
+/// like IGC-Santé's, a subject like the practice's), and the PKCS#12 an installer would make
+/// with OpenSSL 3's defaults. Returns the directory.
+fn mint_pki() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/C=FR/O=DRIMbox test/OU=IGC TEST/CN=TEST AC DRIMBOX",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "signer.key",
+            "-out",
+            "signer.csr",
+            "-subj",
+            "/C=FR/ST=Paris (75)/O=CABINET TEST, RADIOLOGIE/OU=499700367909006/CN=DRIMbox",
+        ],
+    );
+    fs::write(
+        d.join("signer.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,nonRepudiation\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "signer.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "0x9D5DE25E3DC14BDE670D26E191261710",
+            "-days",
+            "10",
+            "-out",
+            "signer.pem",
+            "-extfile",
+            "signer.ext",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            "signer.key",
+            "-in",
+            "signer.pem",
+            "-certfile",
+            "ca.pem",
+            "-out",
+            "signer.p12",
+            "-passout",
+            &format!("pass:{P12_PASSWORD}"),
+        ],
+    );
+    dir
+}
+
+/// What `openssl pkcs12 -info` says of a file's algorithms.
+fn pkcs12_info(d: &Path, file: &str, extra: &[&str]) -> String {
+    let o = run(Command::new(tool("openssl", "openssl"))
+        .args(["pkcs12", "-info", "-noout", "-in", file, "-passin"])
+        .arg(format!("pass:{P12_PASSWORD}"))
+        .args(extra)
+        .current_dir(d));
+    assert!(
+        o.status.success(),
+        "openssl pkcs12 -info: {}",
+        common::text(&o)
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn xmlsec_verify(args: &[&str], doc: &Path) -> Output {
+    run(Command::new(tool("xmlsec1", "xmlsec1"))
+        .args([
+            "--verify",
+            "--ignore-manifests",
+            "--id-attr:Id",
+            "Manifest",
+            "--id-attr:Id",
+        ])
+        .arg("http://uri.etsi.org/01903/v1.1.1#:SignedProperties")
+        .args(args)
+        .arg(doc))
+}
+
+fn kos() -> Vec<u8> {
+    fs::read(common::shared().join("ref/ans/KOS/ko.dcm")).unwrap()
+}
+
+fn input<'a>(kos: &'a [u8], algorithm: SignatureAlgorithm) -> LotSignatureInput<'a> {
+    LotSignatureInput {
+        signature_id: "2.25.99887766554433221100998877665544332211",
+        submission_set_unique_id: "1.2.250.1.999.1.1.8121.5.9000",
+        kos_unique_id: "1.2.250.1.999.1.1.8121.4.9000.1",
+        kos: KosContent::Bytes(kos),
+        signing_time: "2026-12-02T05:10:00.000+01:00",
+        algorithm,
+    }
+}
+
+/// Changes one byte of `doc` right after `marker`.
+fn tamper(doc: &[u8], marker: &str) -> Vec<u8> {
+    let i = find(doc, marker.as_bytes()).unwrap_or_else(|| panic!("{marker} not in the document"))
+        + marker.len();
+    let mut out = doc.to_vec();
+    out[i] = if out[i] == b'A' { b'B' } else { b'A' };
+    out
+}
+
+#[test]
+fn the_openssl_default_pkcs12_loads_and_its_lot_signatures_pass_xmlsec1() {
+    let pki = mint_pki();
+    let d = pki.path();
+    let info = pkcs12_info(d, "signer.p12", &[]);
+    assert!(
+        info.contains("PBES2, PBKDF2, AES-256-CBC") && info.contains("MAC: sha256"),
+        "not OpenSSL 3's default PKCS#12 profile:\n{info}"
+    );
+    let identity = SigningIdentity::from_pkcs12_file(&d.join("signer.p12"), P12_PASSWORD)
+        .unwrap_or_else(|e| panic!("loading the PKCS#12: {e}"));
+    assert_eq!(
+        identity.certificate().subject(),
+        "CN=DRIMbox, OU=499700367909006, O=CABINET TEST\\, RADIOLOGIE, ST=Paris (75), C=FR"
+    );
+    assert_eq!(
+        identity.certificate().issuer(),
+        "CN=TEST AC DRIMBOX, OU=IGC TEST, O=DRIMbox test, C=FR"
+    );
+    // int("9D5DE25E3DC14BDE670D26E191261710", 16); the high bit makes DER add a 00 byte.
+    assert_eq!(
+        identity.certificate().serial_decimal(),
+        "209176270237205499196091296815243466512"
+    );
+    assert_eq!(identity.chain().len(), 1, "the CA from -certfile");
+
+    let ca = d.join("ca.pem").display().to_string();
+    let kos = kos();
+    for algorithm in [SignatureAlgorithm::RsaSha1, SignatureAlgorithm::RsaSha256] {
+        let doc = build_lot_signature(&input(&kos, algorithm), &identity).unwrap();
+        // Deterministic: PKCS#1 v1.5 and a fixed input give the same bytes.
+        assert_eq!(
+            doc,
+            build_lot_signature(&input(&kos, algorithm), &identity).unwrap()
+        );
+        let text = show(&doc);
+        assert!(text.starts_with("<?xml version=\"1.0\"?>\n<Signature xmlns=\"http://www.w3.org/2000/09/xmldsig#\" Id=\"2.25.99887766554433221100998877665544332211\">"));
+        assert!(text.ends_with("</Signature>\n"));
+        assert!(text.contains(algorithm.signature_method().uri()));
+
+        let path = d.join(format!("lot-{}.xml", algorithm.name()));
+        fs::write(&path, &doc).unwrap();
+        let o = xmlsec_verify(&["--trusted-pem", &ca], &path);
+        assert!(
+            o.status.success(),
+            "xmlsec1 rejects our {algorithm:?} lot signature: {}\n{text}",
+            common::text(&o)
+        );
+        assert!(show(&o.stderr).contains("SignedInfo References (ok/all): 2/2"));
+
+        let report = dsig::verify(&doc, &VerifyOptions::default()).unwrap();
+        assert!(report.is_valid(), "{:?}", report.error());
+        assert_eq!(
+            report.certificate.as_deref(),
+            Some(identity.certificate().der())
+        );
+        let manifest = &report.manifests[0];
+        assert_eq!(
+            manifest.references[1].uri,
+            "urn:oid:1.2.250.1.999.1.1.8121.4.9000.1"
+        );
+        assert_eq!(manifest.references[1].check(&kos), Ok(()));
+
+        // One byte changed in the Manifest (the KOS digest), in SignedProperties (the
+        // signing time), in the SignatureValue: xmlsec1 and we reject each.
+        for marker in [
+            "<Reference URI=\"urn:oid:1.2.250.1.999.1.1.8121.4.9000.1\"><DigestMethod Algorithm=\"",
+            "<SigningTime>2026-12-02T05:1",
+            "<SignatureValue>",
+        ] {
+            let bad = tamper(&doc, marker);
+            let bad_path = d.join("tampered.xml");
+            fs::write(&bad_path, &bad).unwrap();
+            let o = xmlsec_verify(&["--trusted-pem", &ca], &bad_path);
+            assert!(
+                !o.status.success(),
+                "xmlsec1 accepts a copy tampered after {marker:?}: {}",
+                common::text(&o)
+            );
+            let report = dsig::verify(&bad, &VerifyOptions::default()).unwrap();
+            assert!(
+                !report.is_valid(),
+                "we accept a copy tampered after {marker:?}"
+            );
+        }
+
+        // Signed by a CA xmlsec1 does not trust: refused (the check above is not vacuous).
+        let o = xmlsec_verify(
+            &[
+                "--trusted-pem",
+                &common::shared()
+                    .join("ref/pki/igc-sante-test-root-ACR-EL.pem")
+                    .display()
+                    .to_string(),
+            ],
+            &path,
+        );
+        assert!(
+            !o.status.success(),
+            "xmlsec1 trusts a chain it was not given"
+        );
+    }
+}
+
+#[test]
+fn legacy_pkcs12_loads_too() {
+    let pki = mint_pki();
+    let d = pki.path();
+    openssl(
+        d,
+        &[
+            "pkcs12",
+            "-export",
+            "-legacy",
+            "-inkey",
+            "signer.key",
+            "-in",
+            "signer.pem",
+            "-out",
+            "legacy.p12",
+            "-passout",
+            &format!("pass:{P12_PASSWORD}"),
+        ],
+    );
+    let info = pkcs12_info(d, "legacy.p12", &["-legacy"]);
+    assert!(info.contains("pbeWithSHA1And40BitRC2-CBC"), "{info}");
+    let identity = SigningIdentity::from_pkcs12_file(&d.join("legacy.p12"), P12_PASSWORD).unwrap();
+    let modern = SigningIdentity::from_pkcs12_file(&d.join("signer.p12"), P12_PASSWORD).unwrap();
+    assert_eq!(identity.certificate(), modern.certificate());
+}
+
+#[test]
+fn pkcs12_problems_are_typed_errors() {
+    let pki = mint_pki();
+    let d = pki.path();
+    assert!(matches!(
+        SigningIdentity::from_pkcs12_file(&d.join("signer.p12"), "not the password"),
+        Err(IdentityError::WrongPassword)
+    ));
+    assert!(matches!(
+        SigningIdentity::from_pkcs12_file(&d.join("missing.p12"), P12_PASSWORD),
+        Err(IdentityError::Read { .. })
+    ));
+    assert!(matches!(
+        SigningIdentity::from_pkcs12(b"not DER at all", P12_PASSWORD),
+        Err(IdentityError::Pkcs12(_))
+    ));
+    // Certificates only.
+    openssl(
+        d,
+        &[
+            "pkcs12",
+            "-export",
+            "-nokeys",
+            "-in",
+            "signer.pem",
+            "-out",
+            "certs.p12",
+            "-passout",
+            &format!("pass:{P12_PASSWORD}"),
+        ],
+    );
+    assert!(matches!(
+        SigningIdentity::from_pkcs12_file(&d.join("certs.p12"), P12_PASSWORD),
+        Err(IdentityError::NoKey)
+    ));
+    // An EC key and certificate.
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ec.key",
+            "-out",
+            "ec.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=EC",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            "ec.key",
+            "-in",
+            "ec.pem",
+            "-out",
+            "ec.p12",
+            "-passout",
+            &format!("pass:{P12_PASSWORD}"),
+        ],
+    );
+    assert!(matches!(
+        SigningIdentity::from_pkcs12_file(&d.join("ec.p12"), P12_PASSWORD),
+        Err(IdentityError::NotRsa(_))
+    ));
+    // A key with somebody else's certificate.
+    openssl(
+        d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            "signer.key",
+            "-outform",
+            "DER",
+            "-out",
+            "signer.p8",
+        ],
+    );
+    openssl(
+        d,
+        &["x509", "-in", "ca.pem", "-outform", "DER", "-out", "ca.der"],
+    );
+    assert!(matches!(
+        SigningIdentity::from_parts(
+            &fs::read(d.join("signer.p8")).unwrap(),
+            &fs::read(d.join("ca.der")).unwrap(),
+            Vec::new()
+        ),
+        Err(IdentityError::KeyMismatch)
+    ));
+}
+
+#[test]
+fn xmlsec1_verifies_the_rebuilt_reference_signature_with_the_igc_sante_pki() {
+    let tmp = tempfile::tempdir().unwrap();
+    let doc = reference_lot_signature();
+    let path = tmp.path().join("reference.xml");
+    fs::write(&path, &doc).unwrap();
+    let pki = common::shared().join("ref/pki");
+    let root = pki
+        .join("igc-sante-test-root-ACR-EL.pem")
+        .display()
+        .to_string();
+    let intermediate = pki
+        .join("igc-sante-test-ACI-EL-ORG.pem")
+        .display()
+        .to_string();
+    let args = [
+        "--verification-time",
+        "2023-11-14 14:00:00",
+        "--trusted-pem",
+        &root,
+        "--untrusted-pem",
+        &intermediate,
+    ];
+    let o = xmlsec_verify(&args, &path);
+    assert!(o.status.success(), "xmlsec1: {}", common::text(&o));
+    // And our verifier agrees, with the Manifest checked against the KOS the DMP received.
+    let report = dsig::verify(&doc, &VerifyOptions::default()).unwrap();
+    assert!(report.is_valid());
+    assert_eq!(report.manifests[0].references[1].check(&kos()), Ok(()));
+    // A one-byte change in the Manifest: xmlsec1 rejects it too.
+    let bad = tamper(&doc, "<DigestValue>WECMEWtRSXwP");
+    fs::write(&path, &bad).unwrap();
+    assert!(!xmlsec_verify(&args, &path).status.success());
+    assert!(matches!(
+        dsig::verify(&bad, &VerifyOptions::default())
+            .unwrap()
+            .references[0]
+            .result,
+        Err(DsigError::DigestMismatch { .. })
+    ));
+}
+
+/// The shape the whitelist will need (DRIM-M §5.2), signed by xmlsec1: an enveloped signature
+/// over the whole document (`URI=""`, enveloped-signature + exclusive C14N, rsa-sha256). Our
+/// verifier must accept xmlsec1's signature and reject a one-byte change.
+#[test]
+fn our_verifier_accepts_an_enveloped_signature_made_by_xmlsec1() {
+    let pki = mint_pki();
+    let d = pki.path();
+    let template = "<?xml version=\"1.0\"?>\n<list xmlns=\"urn:example:list\" xmlns:unused=\"urn:unused\">\n  \
+        <item host=\"db3.example\">a &amp; b</item>\n  <!-- a comment the node-set drops -->\n  \
+        <ds:Signature xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\"><ds:SignedInfo>\
+        <ds:CanonicalizationMethod Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"/>\
+        <ds:SignatureMethod Algorithm=\"http://www.w3.org/2001/04/xmldsig-more#rsa-sha256\"/>\
+        <ds:Reference URI=\"\"><ds:Transforms>\
+        <ds:Transform Algorithm=\"http://www.w3.org/2000/09/xmldsig#enveloped-signature\"/>\
+        <ds:Transform Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"/></ds:Transforms>\
+        <ds:DigestMethod Algorithm=\"http://www.w3.org/2001/04/xmlenc#sha256\"/><ds:DigestValue/></ds:Reference>\
+        </ds:SignedInfo><ds:SignatureValue/><ds:KeyInfo><ds:X509Data/></ds:KeyInfo></ds:Signature>\n</list>\n";
+    fs::write(d.join("template.xml"), template).unwrap();
+    let o = run(Command::new(tool("xmlsec1", "xmlsec1"))
+        .args([
+            "--sign",
+            "--privkey-pem",
+            "signer.key,signer.pem",
+            "--output",
+            "signed.xml",
+            "template.xml",
+        ])
+        .current_dir(d));
+    assert!(o.status.success(), "xmlsec1 --sign: {}", common::text(&o));
+    let signed = fs::read(d.join("signed.xml")).unwrap();
+    let report = dsig::verify(&signed, &VerifyOptions::default()).unwrap();
+    assert!(report.is_valid(), "{:?}\n{}", report.error(), show(&signed));
+    assert_eq!(report.references[0].uri, "");
+    assert!(report.manifests.is_empty());
+
+    let bad = tamper(&signed, "host=\"db");
+    let report = dsig::verify(&bad, &VerifyOptions::default()).unwrap();
+    assert!(matches!(
+        report.references[0].result,
+        Err(DsigError::DigestMismatch { .. })
+    ));
+    assert_eq!(report.signature_value, Ok(()));
+}
