@@ -191,7 +191,11 @@ fn confidentiality(cda: &CdaHeader, visibility: &Visibility) -> Vec<Code> {
         },
     )];
     for code in visibility.codes() {
-        v.push(Code::new(code, "1.2.250.1.213.1.1.4.13", visibility_display(code)));
+        v.push(Code::new(
+            code,
+            "1.2.250.1.213.1.1.4.13",
+            visibility_display(code),
+        ));
     }
     v
 }
@@ -319,10 +323,9 @@ pub fn build(
 
     let ins_cx = format!("{}^^^&{}&ISO^NH", report.ins.id, report.ins.oid);
     // [IG-HL7]: the IPP when there is one (PID-3 PI, else the CDA's non-INS patient id).
-    let cda_ipp = cda
-        .patient_ids
-        .iter()
-        .find(|i| !crate::hl7::report::INS_OIDS.contains(&i.root.as_str()) && !i.extension.is_empty());
+    let cda_ipp = cda.patient_ids.iter().find(|i| {
+        !crate::hl7::report::INS_OIDS.contains(&i.root.as_str()) && !i.extension.is_empty()
+    });
     let source_patient_id = match (&report.ipp, cda_ipp) {
         (Some(ipp), _) => format!("{}^^^&{}&ISO^PI", ipp.id, ipp.oid),
         (None, Some(ipp)) => format!("{}^^^&{}&ISO^PI", ipp.extension, ipp.root),
@@ -410,7 +413,10 @@ pub fn build(
                     "PID-5|{}^{}^^^^^L",
                     cda.patient_name.family, cda.patient_name.given
                 ),
-                format!("PID-7|{}", cda.birth_time.chars().take(8).collect::<String>()),
+                format!(
+                    "PID-7|{}",
+                    cda.birth_time.chars().take(8).collect::<String>()
+                ),
                 format!("PID-8|{}", cda.gender),
             ],
             title: "Reference d'Objets d'un Examen d'Imagerie".into(),

@@ -199,7 +199,8 @@ pub fn build_and_record(
     settings: &LotSettings,
     signer: &dyn LotSigner,
 ) -> Result<u32, String> {
-    let message = crate::base64::decode(work.report_base64.as_bytes()).map_err(|e| e.to_string())?;
+    let message =
+        crate::base64::decode(work.report_base64.as_bytes()).map_err(|e| e.to_string())?;
     let parsed = crate::hl7::message::Message::parse(&message).map_err(|e| e.to_string())?;
     let report = crate::hl7::report::read(&parsed).map_err(|e| e.to_string())?;
     let cda = crate::cda::parse_header(&report.cda).map_err(|e| e.to_string())?;
@@ -212,8 +213,8 @@ pub fn build_and_record(
         local: local_now(now),
     };
     let ids = lot_ids(config, work.lot_number).map_err(|e| e.to_string())?;
-    let built = lot::build(work, &report, &cda, settings, &ids, &at, signer)
-        .map_err(|e| e.to_string())?;
+    let built =
+        lot::build(work, &report, &cda, settings, &ids, &at, signer).map_err(|e| e.to_string())?;
 
     let staging = Layout::new(&config.storage.data_dir).lot_staging();
     let name = format!("lot-{}", work.lot_number);

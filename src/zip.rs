@@ -11,7 +11,11 @@ pub fn crc32(data: &[u8]) -> u32 {
     for (i, slot) in table.iter_mut().enumerate() {
         let mut c = i as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
         *slot = c;
     }
@@ -29,7 +33,11 @@ pub enum ZipError {
 }
 
 /// Builds a ZIP archive of `(path inside the archive, bytes)`, in the given order.
-pub fn write(entries: &[(String, Vec<u8>)], dos_date: u16, dos_time: u16) -> Result<Vec<u8>, ZipError> {
+pub fn write(
+    entries: &[(String, Vec<u8>)],
+    dos_date: u16,
+    dos_time: u16,
+) -> Result<Vec<u8>, ZipError> {
     let mut out = Vec::new();
     let mut central = Vec::new();
     for (name, data) in entries {
@@ -81,7 +89,11 @@ pub fn write(entries: &[(String, Vec<u8>)], dos_date: u16, dos_time: u16) -> Res
 
 /// DOS date and time fields of a `YYYYMMDDHHMMSS` string.
 pub fn dos_datetime(ts: &str) -> (u16, u16) {
-    let n = |a: usize, b: usize| ts.get(a..b).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+    let n = |a: usize, b: usize| {
+        ts.get(a..b)
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0)
+    };
     let year = n(0, 4).max(1980);
     let date = ((year - 1980) << 9) | (n(4, 6).max(1) << 5) | n(6, 8).max(1);
     let time = (n(8, 10) << 11) | (n(10, 12) << 5) | (n(12, 14) / 2);

@@ -16,41 +16,96 @@ use common::*;
 
 const ORU_STUDY: &str = "1.2.250.1.213.4.5.2.1.112";
 const ORU_IPP: &str = "1234567890121";
+const ORU_INS: &str = "279035121518989";
 const MDM_STUDY: &str = "1.2.250.1.213.4.5.2.1.113";
 
 fn sample(name: &str) -> Vec<u8> {
     fs::read(shared().join("ref/hl7").join(name)).unwrap()
 }
 
+/// Runs a tool that must succeed; its standard output.
 fn run_ok(cmd: &mut Command) -> String {
     let o = cmd.output().expect("tool");
     assert!(o.status.success(), "{cmd:?}: {}", text(&o));
-    text(&o)
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A test CA and the practice's signing certificate in a PKCS#12 (OpenSSL 3 defaults).
 fn mint_signing(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let p = |n: &str| dir.join(n).display().to_string();
     run_ok(Command::new("openssl").args([
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &p("ca.key"), "-out",
-        &p("ca.pem"), "-subj", "/CN=Test IGC-Sante CA", "-days", "30", "-addext",
-        "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+        "-subj",
+        "/CN=Test IGC-Sante CA",
+        "-days",
+        "30",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ]));
     run_ok(Command::new("openssl").args([
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &p("sign.key"), "-out",
-        &p("sign.csr"), "-subj", "/C=FR/O=CABINET TEST/OU=499700367909006/CN=DRIMbox",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &p("sign.key"),
+        "-out",
+        &p("sign.csr"),
+        "-subj",
+        "/C=FR/O=CABINET TEST/OU=499700367909006/CN=DRIMbox",
     ]));
-    fs::write(dir.join("ext.cnf"), "keyUsage=critical,digitalSignature,nonRepudiation\n").unwrap();
+    fs::write(
+        dir.join("ext.cnf"),
+        "keyUsage=critical,digitalSignature,nonRepudiation\n",
+    )
+    .unwrap();
     run_ok(Command::new("openssl").args([
-        "x509", "-req", "-in", &p("sign.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key"),
-        "-CAcreateserial", "-out", &p("sign.pem"), "-days", "30", "-extfile", &p("ext.cnf"),
+        "x509",
+        "-req",
+        "-in",
+        &p("sign.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("sign.pem"),
+        "-days",
+        "30",
+        "-extfile",
+        &p("ext.cnf"),
     ]));
     run_ok(Command::new("openssl").args([
-        "pkcs12", "-export", "-inkey", &p("sign.key"), "-in", &p("sign.pem"), "-certfile",
-        &p("ca.pem"), "-out", &p("sign.p12"), "-passout", "pass:s3cret",
+        "pkcs12",
+        "-export",
+        "-inkey",
+        &p("sign.key"),
+        "-in",
+        &p("sign.pem"),
+        "-certfile",
+        &p("ca.pem"),
+        "-out",
+        &p("sign.p12"),
+        "-passout",
+        "pass:s3cret",
     ]));
     fs::write(dir.join("sign.pass"), "s3cret\n").unwrap();
-    (dir.join("sign.p12"), dir.join("sign.pass"), dir.join("ca.pem"))
+    (
+        dir.join("sign.p12"),
+        dir.join("sign.pass"),
+        dir.join("ca.pem"),
+    )
 }
 
 fn publication_config(p12: &Path, pass: &Path, algorithm: &str) -> String {
@@ -65,20 +120,34 @@ fn publication_config(p12: &Path, pass: &Path, algorithm: &str) -> String {
 }
 
 /// A small study under `study_uid` for `patient_id`, with the given accession.
-fn study(dir: &Path, study_uid: &str, patient_id: &str, accession: &str, series: u32) -> Vec<PathBuf> {
+fn study(
+    dir: &Path,
+    study_uid: &str,
+    patient_id: &str,
+    accession: &str,
+    series: u32,
+) -> Vec<PathBuf> {
     let o = Command::new("python3")
         .arg(shared().join("bench/gen_study.py"))
         .args(["--out"])
         .arg(dir)
         .args(["--count", "6", "--rows", "32", "--cols", "32", "--series"])
         .arg(series.to_string())
-        .args(["--seed", study_uid, "--patient-id", patient_id, "--accession", accession])
+        .args([
+            "--seed",
+            study_uid,
+            "--patient-id",
+            patient_id,
+            "--accession",
+            accession,
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "gen_study: {}", text(&o));
     let files = files_in(dir);
     let mut cmd = Command::new("dcmodify");
-    cmd.args(["-nb", "-m"]).arg(format!("(0020,000d)={study_uid}"));
+    cmd.args(["-nb", "-m"])
+        .arg(format!("(0020,000d)={study_uid}"));
     cmd.args(&files);
     run_ok(&mut cmd);
     files
@@ -120,7 +189,11 @@ fn send_images(b: &DrimBox, files: &[PathBuf]) {
 }
 
 fn sha1_hex(path: &Path) -> String {
-    let out = run_ok(Command::new("openssl").args(["dgst", "-sha1", "-r"]).arg(path));
+    let out = run_ok(
+        Command::new("openssl")
+            .args(["dgst", "-sha1", "-r"])
+            .arg(path),
+    );
     out.split_whitespace().next().unwrap().to_string()
 }
 
@@ -138,7 +211,21 @@ fn images_and_report_become_a_signed_lot_and_an_xdm_medium() {
         ..Settings::default()
     });
     let images = tempfile::tempdir().unwrap();
-    let files = study(images.path(), ORU_STUDY, ORU_IPP, "ACN112", 2);
+    // The modality filled in the INS and the patient as the report has them (DRIM-M: the KOS's
+    // PatientID is the INS), so that dcentvfy can hold KOS and images to one identity.
+    let files = study(images.path(), ORU_STUDY, ORU_INS, "ACN112", 2);
+    let mut demographics = Command::new("dcmodify");
+    demographics.args([
+        "-nb",
+        "-m",
+        "(0010,0010)=PAT-TROIS^DOMINIQUE",
+        "-m",
+        "(0010,0030)=19790328",
+        "-m",
+        "(0010,0040)=F",
+    ]);
+    demographics.args(&files);
+    run_ok(&mut demographics);
 
     // Images first: the exam waits for its report.
     send_images(&b, &files);
@@ -155,7 +242,10 @@ fn images_and_report_become_a_signed_lot_and_an_xdm_medium() {
     let kos = lot.join("KOS_1_1.DCM");
     let sign = lot.join("SIGN_1.XML");
     let metadata = lot.join("METADATA.XML");
-    assert!(fs::read_dir(b.data_dir.join("lot-staging")).unwrap().next().is_none());
+    assert!(fs::read_dir(b.data_dir.join("lot-staging"))
+        .unwrap()
+        .next()
+        .is_none());
 
     // The KOS: no dciodvfy error, and no warning but the documented ones.
     let o = Command::new("dciodvfy").arg(&kos).output().unwrap();
@@ -177,7 +267,7 @@ fn images_and_report_become_a_signed_lot_and_an_xdm_medium() {
     entity.arg(&kos).args(&files);
     let o = entity.output().unwrap();
     assert!(!text(&o).contains("Error"), "dcentvfy: {}", text(&o));
-    let dump = run_ok(Command::new("dcmdump").arg(&kos));
+    let dump = run_ok(Command::new("dcmdump").arg("+L").arg(&kos));
     for expected in [
         "[ISO_IR 100]",
         "[279035121518989]",
@@ -187,7 +277,10 @@ fn images_and_report_become_a_signed_lot_and_an_xdm_medium() {
         "https://db.cabinet-test.fr/wado/studies/1.2.250.1.213.4.5.2.1.112/series/",
         "[1.2.250.1.999.42.1.",
     ] {
-        assert!(dump.contains(expected), "{expected} not in the KOS:\n{dump}");
+        assert!(
+            dump.contains(expected),
+            "{expected} not in the KOS:\n{dump}"
+        );
     }
 
     // The lot signature verifies with xmlsec1 against the practice's CA.
@@ -208,18 +301,15 @@ fn images_and_report_become_a_signed_lot_and_an_xdm_medium() {
     assert!(o.status.success(), "xmlsec1: {}", text(&o));
     // The Manifest's KOS digest is over the very KOS bytes.
     let kos_bytes = fs::read(&kos).unwrap();
-    let digest = run_ok(
-        Command::new("openssl")
-            .args(["dgst", "-sha256", "-binary"])
-            .arg(&kos),
-    );
-    let _ = digest; // binary on stdout is lossy; compare through base64 instead
     let b64 = run_ok(Command::new("sh").arg("-c").arg(format!(
         "openssl dgst -sha256 -binary {} | openssl base64 -A",
         kos.display()
     )));
     let sign_text = fs::read_to_string(&sign).unwrap();
-    assert!(sign_text.contains(b64.trim()), "KOS digest not in the Manifest");
+    assert!(
+        sign_text.contains(b64.trim()),
+        "KOS digest not in the Manifest"
+    );
 
     // The metadata hashes exactly the archived bytes.
     let kos_hash = xpath(
@@ -242,7 +332,10 @@ fn images_and_report_become_a_signed_lot_and_an_xdm_medium() {
         &metadata,
         "//*[local-name()='ExtrinsicObject'][@id='DocumentKOS']/*[local-name()='Classification'][@classificationScheme='urn:uuid:f4f85eac-e6cb-4883-b524-f2705394840f']/@nodeRepresentation",
     );
-    assert!(confidentiality.contains("INVISIBLE_PATIENT"), "{confidentiality}");
+    assert!(
+        confidentiality.contains("INVISIBLE_PATIENT"),
+        "{confidentiality}"
+    );
     assert!(confidentiality.contains("INVISIBLE_REPRESENTANTS_LEGAUX"));
     assert!(!confidentiality.contains("MASQUE_PS"));
     run_ok(Command::new("xmllint").arg("--noout").arg(&metadata));
@@ -276,7 +369,11 @@ fn images_and_report_become_a_signed_lot_and_an_xdm_medium() {
         fs::read(unpacked.join("IHE_XDM/SS000001/KOS_1_1.DCM")).unwrap(),
         kos_bytes
     );
-    run_ok(Command::new("xmllint").arg("--noout").arg(unpacked.join("INDEX.HTM")));
+    run_ok(
+        Command::new("xmllint")
+            .arg("--noout")
+            .arg(unpacked.join("INDEX.HTM")),
+    );
     let o = Command::new(bin())
         .args(["export", "XDM", "1.2.3.4", "--config"])
         .arg(b.dir.path().join("drimbox.toml"))
@@ -343,12 +440,20 @@ fn reports_without_images_and_mismatched_identities_are_held_visibly() {
     let (code, page) = b.http_get("/");
     assert_eq!(code, 200);
     assert!(page.contains("data-exam-state=\"on hold\""), "{page}");
-    assert!(page.contains("neither the report&#39;s IPP") || page.contains("neither the report's IPP"));
+    assert!(
+        page.contains("neither the report&#39;s IPP") || page.contains("neither the report's IPP")
+    );
     assert!(!page.contains("PAT-TROIS") && !page.contains("OTHER-PATIENT-9"));
 
     // Images with the right identity but another accession: held too.
     let images2 = tempfile::tempdir().unwrap();
-    let files = study(images2.path(), "1.2.250.1.213.4.5.2.1.112", ORU_IPP, "ACN-WRONG", 1);
+    let files = study(
+        images2.path(),
+        "1.2.250.1.213.4.5.2.1.112",
+        ORU_IPP,
+        "ACN-WRONG",
+        1,
+    );
     send_images(&b, &files);
     let ack = mllp_send(b.hl7_port, &sample("ORU_R01_K.hl7"));
     assert_eq!(hl7_field(&ack, "MSA", 1), "AA");

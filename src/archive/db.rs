@@ -8,8 +8,7 @@ use std::path::Path;
 
 use redb::{
     Database, MultimapTableDefinition, ReadTransaction, ReadableDatabase, ReadableMultimapTable,
-    ReadableTable,
-    ReadableTableMetadata, TableDefinition, WriteTransaction,
+    ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 
 use super::model::{
@@ -317,7 +316,7 @@ impl Db {
                 });
             }
         }
-        out.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms));
+        out.sort_by_key(|e| std::cmp::Reverse(e.updated_ms));
         Ok(out)
     }
 

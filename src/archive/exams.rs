@@ -70,8 +70,8 @@ fn material(
     let mut study = None;
     for (sop, row) in &rec.images {
         let entry = series.entry(row.series_uid.clone()).or_insert_with(|| {
-            let d = crate::dicom::inspect::descriptive_file(&layout.abs(&row.file))
-                .unwrap_or_default();
+            let d =
+                crate::dicom::inspect::descriptive_file(&layout.abs(&row.file)).unwrap_or_default();
             if study.is_none() {
                 study = Some(StudyAttributes {
                     study_date: d.study_date.clone(),
@@ -93,9 +93,11 @@ fn material(
             .push((row.sop_class_uid.clone(), sop.clone()));
     }
     let previous = match &action {
-        NextAction::Replace { replaces_seq, .. } => {
-            rec.lots.iter().find(|l| l.facts.seq == *replaces_seq).cloned()
-        }
+        NextAction::Replace { replaces_seq, .. } => rec
+            .lots
+            .iter()
+            .find(|l| l.facts.seq == *replaces_seq)
+            .cloned(),
         _ => None,
     };
     let txn = db.begin_write().map_err(db_failure)?;
@@ -168,9 +170,8 @@ pub fn record_lot(
             return Err(invalid("a file of the lot is missing"));
         }
     }
-    let resources = |what: &str, e: std::io::Error| {
-        failure(FailureKind::Resources, format!("{what}: {e}"))
-    };
+    let resources =
+        |what: &str, e: std::io::Error| failure(FailureKind::Resources, format!("{what}: {e}"));
     let parent = layout.lots().join(&new.study_uid);
     if !parent.is_dir() {
         fs::create_dir_all(&parent).map_err(|e| resources("creating the lot directory", e))?;

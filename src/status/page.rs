@@ -495,7 +495,11 @@ fn render_exams(h: &mut String, exams: Option<&crate::status::model::Exams>) {
         .iter()
         .map(|(k, v)| format!("{v} {}", escape(k)))
         .collect();
-    let _ = writeln!(h, "<div class=\"summary\">{}</div>", counts.join(" \u{b7} "));
+    let _ = writeln!(
+        h,
+        "<div class=\"summary\">{}</div>",
+        counts.join(" \u{b7} ")
+    );
     h.push_str(
         "<table class=\"exams\"><thead><tr><th>Study</th><th>State</th><th>Why</th>\
          <th>Images</th><th>Lots</th></tr></thead><tbody>\n",
@@ -600,6 +604,7 @@ pub(crate) mod fixtures {
                 bytes: 25_769_803_776,
                 reports: 310,
             }),
+            exams: None,
             dmp: Section::not_configured(),
             whitelist: Section::not_configured(),
             ota: Section::not_configured(),
