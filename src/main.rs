@@ -75,6 +75,25 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Time building the KOS and the signed lot of a synthetic exam (`scripts/bench-lot`).
+    #[command(hide = true)]
+    BenchLot {
+        /// A report message naming the exam (ORU^R01 / MDM^T02).
+        #[arg(long)]
+        report: PathBuf,
+        #[arg(long)]
+        pkcs12: PathBuf,
+        #[arg(long)]
+        password_file: PathBuf,
+        #[arg(long, default_value = "rsa-sha256")]
+        algorithm: String,
+        #[arg(long, default_value_t = 2000)]
+        instances: usize,
+        #[arg(long, default_value_t = 10)]
+        series: usize,
+        #[arg(long, default_value_t = 21)]
+        reps: usize,
+    },
     /// Run one service (started by the supervisor, not by hand).
     #[command(hide = true)]
     Service {
@@ -161,6 +180,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Status { target, json } => status(&target, json),
         Cmd::Study { study_uid, target } => study(&target, &study_uid),
         Cmd::Exams { target } => exams(&target),
+        Cmd::BenchLot {
+            report,
+            pkcs12,
+            password_file,
+            algorithm,
+            instances,
+            series,
+            reps,
+        } => {
+            let signer = drimbox::publisher::load_signer(&config::SigningConfig {
+                pkcs12,
+                password_file,
+                algorithm,
+            })?;
+            let message =
+                std::fs::read(&report).with_context(|| format!("reading {}", report.display()))?;
+            let (mut times, size) =
+                drimbox::publisher::bench_lots(&message, signer.as_ref(), instances, series, reps)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            times.sort_by(f64::total_cmp);
+            println!(
+                "{{\"instances\": {instances}, \"reps\": {reps}, \"lot_bytes\": {size}, \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"max_ms\": {:.3}}}",
+                times[times.len() / 2],
+                times[0],
+                times[times.len() - 1]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Export {
             format: ExportFormat::Xdm,
             study_uid,

@@ -191,6 +191,24 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.sync_all()
 }
 
+/// Why a lot did not make it into the archive.
+#[derive(Debug)]
+pub enum LotFailure {
+    /// Building it failed, or the archive refused it: retried later, others go first.
+    Lot(String),
+    /// The archive went away mid-way (restarting): try again as soon as it is back.
+    Archive(String),
+}
+
+impl std::fmt::Display for LotFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LotFailure::Lot(m) => f.write_str(m),
+            LotFailure::Archive(m) => write!(f, "archive unavailable: {m}"),
+        }
+    }
+}
+
 /// Builds one exam's lot and hands it to the archive. Returns the archived seq.
 pub fn build_and_record(
     config: &Config,
@@ -198,12 +216,14 @@ pub fn build_and_record(
     work: &ExamWork,
     settings: &LotSettings,
     signer: &dyn LotSigner,
-) -> Result<u32, String> {
+) -> Result<u32, LotFailure> {
+    let lot_err = |e: String| LotFailure::Lot(e);
     let message =
-        crate::base64::decode(work.report_base64.as_bytes()).map_err(|e| e.to_string())?;
-    let parsed = crate::hl7::message::Message::parse(&message).map_err(|e| e.to_string())?;
-    let report = crate::hl7::report::read(&parsed).map_err(|e| e.to_string())?;
-    let cda = crate::cda::parse_header(&report.cda).map_err(|e| e.to_string())?;
+        crate::base64::decode(work.report_base64.as_bytes()).map_err(|e| lot_err(e.to_string()))?;
+    let parsed =
+        crate::hl7::message::Message::parse(&message).map_err(|e| lot_err(e.to_string()))?;
+    let report = crate::hl7::report::read(&parsed).map_err(|e| lot_err(e.to_string()))?;
+    let cda = crate::cda::parse_header(&report.cda).map_err(|e| lot_err(e.to_string()))?;
     let now = crate::archive::now_ms();
     let at = BuildTime {
         utc: crate::status::rfc3339(now)
@@ -212,19 +232,20 @@ pub fn build_and_record(
             .collect(),
         local: local_now(now),
     };
-    let ids = lot_ids(config, work.lot_number).map_err(|e| e.to_string())?;
-    let built =
-        lot::build(work, &report, &cda, settings, &ids, &at, signer).map_err(|e| e.to_string())?;
+    let ids = lot_ids(config, work.lot_number).map_err(|e| lot_err(e.to_string()))?;
+    let built = lot::build(work, &report, &cda, settings, &ids, &at, signer)
+        .map_err(|e| lot_err(e.to_string()))?;
 
     let staging = Layout::new(&config.storage.data_dir).lot_staging();
     let name = format!("lot-{}", work.lot_number);
     let dir = staging.join(&name);
     let _ = fs::remove_dir_all(&dir);
-    fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    fs::create_dir(&dir).map_err(|e| lot_err(format!("creating {}: {e}", dir.display())))?;
     for (file, bytes) in &built.files {
-        write_synced(&dir.join(file), bytes).map_err(|e| format!("writing {file}: {e}"))?;
+        write_synced(&dir.join(file), bytes)
+            .map_err(|e| lot_err(format!("writing {file}: {e}")))?;
     }
-    crate::archive::store::fsync_dir(&dir).map_err(|e| e.to_string())?;
+    crate::archive::store::fsync_dir(&dir).map_err(|e| lot_err(e.to_string()))?;
     let request = Request::RecordLot(Box::new(NewLot {
         staging_name: name,
         study_uid: work.study_uid.clone(),
@@ -242,9 +263,9 @@ pub fn build_and_record(
     let _ = fs::remove_dir_all(&dir);
     match outcome {
         Ok(Response::LotRecorded { seq }) => Ok(seq),
-        Ok(Response::Error(f)) => Err(f.message),
-        Ok(other) => Err(format!("unexpected answer {other:?}")),
-        Err(e) => Err(e.to_string()),
+        Ok(Response::Error(f)) => Err(LotFailure::Lot(f.message)),
+        Ok(other) => Err(LotFailure::Lot(format!("unexpected answer {other:?}"))),
+        Err(e) => Err(LotFailure::Archive(e.to_string())),
     }
 }
 
@@ -334,7 +355,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
                 // More may be waiting: ask again at once.
                 next_poll = Instant::now();
             }
-            Err(e) => {
+            Err(LotFailure::Archive(e)) => {
+                log::info!("archive unavailable while archiving a lot ({e}); retrying");
+                archive = None;
+            }
+            Err(LotFailure::Lot(e)) => {
                 failed += 1;
                 retry.insert(work.study_uid.clone(), Instant::now() + RETRY_AFTER);
                 log::warn!(study_uid = work.study_uid.as_str(); "lot not built: {e}");
@@ -344,4 +369,92 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
     }
     log::info!("publisher stopped");
     Ok(())
+}
+
+/// Timings of building lots (KOS, signature, metadata) for a synthetic exam of `instances`
+/// images in `series` series, named by the report in `report_message` (an ORU or MDM). For
+/// `drimbox bench-lot` and `scripts/bench-lot`: milliseconds of each repetition.
+pub fn bench_lots(
+    report_message: &[u8],
+    signer: &dyn LotSigner,
+    instances: usize,
+    series: usize,
+    reps: usize,
+) -> Result<(Vec<f64>, usize), String> {
+    use crate::archive::model::{SeriesMaterial, StudyAttributes};
+    let parsed = crate::hl7::message::Message::parse(report_message).map_err(|e| e.to_string())?;
+    let report = crate::hl7::report::read(&parsed).map_err(|e| e.to_string())?;
+    let cda = crate::cda::parse_header(&report.cda).map_err(|e| e.to_string())?;
+    let study_uid = cda
+        .service_events
+        .first()
+        .map(|e| e.id.root.clone())
+        .ok_or("the report names no study")?;
+    let series_count = series.max(1);
+    let work = ExamWork {
+        study_uid: study_uid.clone(),
+        seq: 1,
+        lot_number: 1,
+        action: crate::exam::NextAction::Publish {
+            report_key: "bench".into(),
+            why: crate::exam::Why::FirstPublication,
+            visibility: Default::default(),
+        },
+        report_key: "bench".into(),
+        report_base64: String::new(),
+        study: StudyAttributes {
+            study_date: "20240102".into(),
+            study_time: "030405".into(),
+            referring_physician: String::new(),
+            study_description: "Benchmark".into(),
+            study_id: "1".into(),
+        },
+        series: (0..series_count)
+            .map(|s| SeriesMaterial {
+                series_uid: format!("{study_uid}.{}", s + 1),
+                modality: "CT".into(),
+                description: format!("Series {}", s + 1),
+                instances: (0..instances / series_count
+                    + usize::from(s < instances % series_count))
+                    .map(|i| {
+                        (
+                            "1.2.840.10008.5.1.4.1.1.2".to_string(),
+                            format!("{study_uid}.{}.{}", s + 1, i + 1),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect(),
+        images_digest: String::new(),
+        previous: None,
+    };
+    let settings = LotSettings {
+        wado_base_url: "https://db.example.fr/wado".into(),
+        source_id: "1.2.250.1.999".into(),
+        institution_name: "Benchmark".into(),
+        content_type: Code {
+            code: "07".into(),
+            scheme: "1.2.250.1.213.2.2".into(),
+            display: "Consultation externe".into(),
+        },
+    };
+    let ids = LotIds::under_root("1.2.250.1.999", 1, Default::default());
+    let at = BuildTime {
+        utc: "20240102030405".into(),
+        local: LocalTime {
+            date: "20240102".into(),
+            time: "040405".into(),
+            offset_minutes: 60,
+        },
+    };
+    let mut times = Vec::with_capacity(reps);
+    let mut size = 0;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let built = lot::build(&work, &report, &cda, &settings, &ids, &at, signer)
+            .map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        size = built.files.iter().map(|(_, b)| b.len()).sum();
+    }
+    Ok((times, size))
 }

@@ -87,7 +87,7 @@ fn services_run_as_their_own_users_and_the_separation_is_real() {
     );
 
     let box_gid = drimbox::supervisor::sandbox::lookup_group("drimbox").unwrap();
-    for name in ["archive", "receiver", "hl7", "status"] {
+    for name in ["archive", "receiver", "hl7", "publisher", "status"] {
         let pid = b
             .service_pid(name)
             .unwrap_or_else(|| panic!("{name} not running"));
@@ -190,6 +190,31 @@ fn services_run_as_their_own_users_and_the_separation_is_real() {
     assert!(
         o.status.success(),
         "the receiver cannot reach its own socket: {}",
+        text(&o)
+    );
+
+    // The publisher gets one exam's material from the archive and nothing else: it can read
+    // neither the index nor the store. Its socket (where report messages travel) is its own.
+    let publisher = b.service_pid("publisher").unwrap();
+    let o = as_process(publisher, &["cat", redb.to_str().unwrap()]);
+    assert!(!o.status.success(), "the publisher read the database");
+    let o = as_process(publisher, &["ls", studies.to_str().unwrap()]);
+    assert!(!o.status.success(), "the publisher listed the store");
+    let publisher_sock = b.dir.path().join("run/archive-publisher.sock");
+    let connect = format!(
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?})",
+        publisher_sock.to_str().unwrap()
+    );
+    let o = as_process(status, &["/usr/bin/python3", "-c", &connect]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("PermissionError"),
+        "the status service connected to the publisher's socket: {}",
+        text(&o)
+    );
+    let o = as_process(publisher, &["/usr/bin/python3", "-c", &connect]);
+    assert!(
+        o.status.success(),
+        "the publisher cannot reach its socket: {}",
         text(&o)
     );
 }

@@ -463,3 +463,119 @@ fn reports_without_images_and_mismatched_identities_are_held_visibly() {
         "the images' accession number differs from the report's"
     );
 }
+
+/// The agency's ORU re-addressed to another study: its own control id, and the CDA's
+/// serviceEvent id replaced (the CDA decoded from OBX-5 and encoded again).
+fn oru_for(study_uid: &str, control_id: &str) -> Vec<u8> {
+    let text = String::from_utf8(sample("ORU_R01_K.hl7")).unwrap();
+    let segments: Vec<String> = text
+        .split("\r\n")
+        .map(|seg| {
+            let mut fields: Vec<String> = seg.split('|').map(str::to_string).collect();
+            if seg.starts_with("MSH") {
+                fields[9] = control_id.to_string();
+            }
+            if seg.starts_with("OBX") && fields.get(2).map(String::as_str) == Some("ED") {
+                let mut parts: Vec<String> = fields[5].split('^').map(str::to_string).collect();
+                let last = parts.len() - 1;
+                let cda = drimbox::base64::decode(parts[last].as_bytes()).unwrap();
+                let cda = String::from_utf8(cda)
+                    .unwrap()
+                    .replace(ORU_STUDY, study_uid);
+                parts[last] = drimbox::base64::encode(cda.as_bytes());
+                fields[5] = parts.join("^");
+            }
+            fields.join("|")
+        })
+        .collect();
+    segments.join("\r\n").into_bytes()
+}
+
+#[test]
+fn kill_9_of_publisher_and_archive_while_lots_are_built_leaves_one_lot_per_exam() {
+    let keys = tempfile::tempdir().unwrap();
+    let (p12, pass, _) = mint_signing(keys.path());
+    let b = DrimBox::start(Settings {
+        stable_after_seconds: 1,
+        // Killed on purpose, over and over: not a crash loop.
+        crash_loop_count: 1000,
+        extra_config: publication_config(&p12, &pass, "rsa-sha256"),
+        ..Settings::default()
+    });
+    let studies: Vec<String> = (0..6)
+        .map(|i| format!("1.2.250.1.213.4.5.2.1.9{i}"))
+        .collect();
+    let images = tempfile::tempdir().unwrap();
+    for (i, uid) in studies.iter().enumerate() {
+        let dir = images.path().join(i.to_string());
+        let files = study(&dir, uid, ORU_INS, "ACN112", 1);
+        send_images(&b, &files);
+    }
+    // Reports arrive while the services are killed, one after the other, at varying moments.
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut round = 0u64;
+    loop {
+        if sent < studies.len() {
+            let ack = mllp_send(b.hl7_port, &oru_for(&studies[sent], &format!("k9-{sent}")));
+            assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
+            sent += 1;
+        }
+        let victim = if round.is_multiple_of(2) {
+            "publisher"
+        } else {
+            "archive"
+        };
+        std::thread::sleep(Duration::from_millis(40 + (round * 37) % 160));
+        // Twelve kills while reports arrive and lots are built; then the box is left to finish.
+        if round < 12 {
+            if let Some(pid) = b.service_pid(victim) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                b.wait_service_restarted(victim, pid);
+            }
+        }
+        round += 1;
+        let built = exams(&b)
+            .iter()
+            .filter(|e| e["label"] == "lot built")
+            .count();
+        if sent == studies.len() && built == studies.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lots not all built: {:?}\n{}",
+            exams(&b),
+            b.log()
+        );
+    }
+    for uid in &studies {
+        let e = exam(&b, uid).unwrap();
+        assert_eq!(e["lots"], 1, "{uid}: {e}");
+        let dir = b.data_dir.join("lots").join(uid);
+        let entries: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(entries, ["SS000001"], "{uid}");
+        for f in [
+            "KOS_1_1.DCM",
+            "SIGN_1.XML",
+            "METADATA.XML",
+            "SUBMISSION.XML",
+        ] {
+            assert!(dir.join("SS000001").join(f).is_file(), "{uid}/{f}");
+        }
+    }
+    // The staging copies are gone once their lots are archived.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_dir(b.data_dir.join("lot-staging"))
+        .unwrap()
+        .next()
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "lot-staging not emptied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
