@@ -471,6 +471,101 @@ pub(crate) mod tests {
         assert!(utf8.windows(6).any(|w| w == "Série".as_bytes()));
     }
 
+    /// Our KOS for the agency sample's exam has every attribute of `ko.dcm`, at the top level
+    /// and in the evidence, but for the hacks DRIM-M §1.4 removes; and what it adds is listed.
+    #[test]
+    fn same_attributes_as_the_agency_sample_but_for_the_fixes() {
+        use std::collections::BTreeSet;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/ref/ans/KOS/ko.dcm");
+        let reference = dicom_object::open_file(path).expect("reference data");
+        let text = |o: &dicom_object::InMemDicomObject, t| {
+            o.element(t)
+                .ok()
+                .and_then(|e| e.to_str().ok().map(|s| s.trim().to_string()))
+                .unwrap_or_default()
+        };
+        let evidence = &reference
+            .element(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0];
+        let series = evidence
+            .element(tags::REFERENCED_SERIES_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()
+            .iter()
+            .map(|s| SeriesRef {
+                series_uid: text(s, tags::SERIES_INSTANCE_UID),
+                modality: "MR".into(),
+                description: String::new(),
+                instances: s
+                    .element(tags::REFERENCED_SOP_SEQUENCE)
+                    .unwrap()
+                    .items()
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        (
+                            text(r, tags::REFERENCED_SOP_CLASS_UID),
+                            text(r, tags::REFERENCED_SOP_INSTANCE_UID),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut input = sample_input(1);
+        input.study.study_uid = text(&reference, tags::STUDY_INSTANCE_UID);
+        input.series = series;
+        let ours = build(&input);
+        let ours = OpenFileOptions::new().from_reader(&ours[128..]).unwrap();
+        let top = |o: &dicom_object::InMemDicomObject| -> BTreeSet<dicom_core::Tag> {
+            o.iter().map(|e| e.header().tag).collect()
+        };
+        let ref_tags = top(&reference);
+        let our_tags = top(&ours);
+        // The birthplace hack in PatientComments is not carried over (DRIM-M §1.2).
+        let dropped: Vec<_> = ref_tags.difference(&our_tags).copied().collect();
+        assert_eq!(dropped, vec![tags::PATIENT_COMMENTS], "attributes we lack");
+        let added: Vec<_> = our_tags.difference(&ref_tags).copied().collect();
+        assert_eq!(
+            added,
+            vec![tags::CONTENT_TEMPLATE_SEQUENCE],
+            "attributes we add"
+        );
+        // The same references, series by series, with a Retrieve URL each.
+        let count = |o: &dicom_object::InMemDicomObject| -> usize {
+            o.element(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()[0]
+                .element(tags::REFERENCED_SERIES_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    s.element(tags::REFERENCED_SOP_SEQUENCE)
+                        .unwrap()
+                        .items()
+                        .unwrap()
+                        .len()
+                })
+                .sum()
+        };
+        assert_eq!(count(&ours), count(&reference));
+        assert_eq!(count(&ours), 20);
+        // The request: the sample's attributes, plus the type 2 ones dciodvfy asks for.
+        let request_tags = |o: &dicom_object::InMemDicomObject| -> BTreeSet<dicom_core::Tag> {
+            top(&o
+                .element(tags::REFERENCED_REQUEST_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()[0])
+        };
+        assert!(request_tags(&ours).is_superset(&request_tags(&reference)));
+    }
+
     /// `KOS_SAMPLE_OUT=/path cargo test --lib kos::tests::write_sample` writes a sample KOS to
     /// look at with dcmdump / dciodvfy by hand.
     #[test]

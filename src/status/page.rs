@@ -188,6 +188,13 @@ dl.kv{display:grid;grid-template-columns:auto 1fr;gap:6px 14px;margin:0}
 dl.kv dt{color:#5b6778;font-size:13px;padding-top:1px}
 dl.kv dd{margin:0;font-weight:600;overflow-wrap:anywhere;font-variant-numeric:tabular-nums}
 .section .summary{font-size:15px;font-weight:600}
+.exams{margin:12px 0}
+.exams .summary{font-weight:600;margin:0 0 8px}
+table.exams{width:100%;border-collapse:collapse;font-size:13px;table-layout:fixed}
+table.exams th{text-align:left;color:#5b6778;font-weight:600;border-bottom:1px solid #dde3ea;padding:4px 6px}
+table.exams td{border-bottom:1px solid #eef1f5;padding:4px 6px;overflow-wrap:anywhere}
+table.exams td.uid{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;width:40%}
+table.exams tr[data-exam-state="on hold"] td{background:#fff4e5}
 .section.off .summary{color:#8a94a3;font-weight:400;font-style:italic}
 .section.off{background:#f8f9fb}
 footer{color:#8a94a3;font-size:12px;margin-top:18px;text-align:center}
