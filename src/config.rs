@@ -76,6 +76,16 @@ pub struct Hl7Config {
     pub idle_timeout: Duration,
     /// Concurrent connections; beyond, new ones are closed at once.
     pub max_connections: usize,
+    /// MLLP over TLS instead of plain TCP.
+    pub tls: Option<Hl7Tls>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hl7Tls {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// When set, the RIS must present a client certificate chaining to one of these CAs.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -354,6 +364,24 @@ impl Config {
         let hl7_conns = r
             .opt_int(&mut h7, "hl7", "max_connections", 1, 256)
             .unwrap_or(Some(16));
+        let hl7_tls = match h7.remove("tls") {
+            None => Some(None),
+            Some(v) => {
+                let mut t = r.expect_table(v, "hl7.tls");
+                let certificate = r.req_path(&mut t, "hl7.tls", "certificate");
+                let private_key = r.req_path(&mut t, "hl7.tls", "private_key");
+                let client_ca = r.opt_path(&mut t, "hl7.tls", "client_ca");
+                r.finish(t, "hl7.tls");
+                match (certificate, private_key) {
+                    (Some(certificate), Some(private_key)) => Some(Some(Hl7Tls {
+                        certificate,
+                        private_key,
+                        client_ca,
+                    })),
+                    _ => None,
+                }
+            }
+        };
         r.finish(h7, "hl7");
 
         let mut st = r.section(&mut root, "status");
@@ -439,6 +467,7 @@ impl Config {
                 max_message_bytes: hl7_max.expect("checked") as usize,
                 idle_timeout: Duration::from_secs(hl7_idle.expect("checked") as u64),
                 max_connections: hl7_conns.expect("checked") as usize,
+                tls: hl7_tls.expect("checked"),
             },
             status: StatusConfig {
                 listen: status_listen.expect("checked"),
@@ -470,6 +499,23 @@ impl Config {
                 ("status.tls.certificate", &tls.certificate),
                 ("status.tls.private_key", &tls.private_key),
             ] {
+                if let Err(e) = std::fs::File::open(file) {
+                    problems.push(Problem {
+                        key: key.into(),
+                        message: format!("cannot read {}: {e}", file.display()),
+                    });
+                }
+            }
+        }
+        if let Some(tls) = &self.hl7.tls {
+            let mut files = vec![
+                ("hl7.tls.certificate", &tls.certificate),
+                ("hl7.tls.private_key", &tls.private_key),
+            ];
+            if let Some(ca) = &tls.client_ca {
+                files.push(("hl7.tls.client_ca", ca));
+            }
+            for (key, file) in files {
                 if let Err(e) = std::fs::File::open(file) {
                     problems.push(Problem {
                         key: key.into(),

@@ -1,5 +1,8 @@
-//! PEM loading shared by every TLS server of the box (DICOM TLS, the status page's HTTPS, and
-//! later WADO-RS): the certificate chain and its private key, with errors naming the file.
+//! PEM loading shared by every TLS server of the box (DICOM TLS, MLLP over TLS, the status page's
+//! HTTPS, and later WADO-RS): the certificate chain and its private key, with errors naming the
+//! file; and the rustls server configuration they share.
+
+use std::sync::Arc;
 
 use std::path::Path;
 
@@ -38,4 +41,33 @@ pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
             .map_err(|e| format!("adding CA {}: {e}", path.display()))?;
     }
     Ok(roots)
+}
+
+/// A TLS server configuration (ring provider, safe protocol versions): the box's certificate,
+/// and, with `client_ca`, client certificates required and verified against those CAs.
+pub fn server_config(
+    certificate: &Path,
+    private_key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let (certs, key) = load_identity(certificate, private_key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let roots = Arc::new(load_roots(ca)?);
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| format!("client CA {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate/key: {e}"))?;
+    Ok(Arc::new(config))
 }

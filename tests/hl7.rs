@@ -162,3 +162,96 @@ fn malformed_messages_get_ae_and_refused_ones_ar_with_err() {
     assert_eq!(field(&ack, "ERR", 2), "MSH^1^10");
     assert_eq!(reports(&b), 1);
 }
+
+/// MLLP over TLS with Python's `ssl` (OpenSSL) as the RIS: the message and its ACK travel
+/// encrypted; with a client CA configured, a RIS without a certificate from it is refused.
+fn send_tls(
+    port: u16,
+    ca: &std::path::Path,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+    message: &[u8],
+) -> Result<Vec<u8>, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("msg.hl7");
+    fs::write(&f, message).unwrap();
+    let load = match client {
+        Some((cert, key)) => format!(
+            "c.load_cert_chain({:?}, {:?})",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+        None => String::new(),
+    };
+    let script = format!(
+        "import socket, ssl, sys\n\
+         c = ssl.create_default_context(cafile={ca:?})\n\
+         {load}\n\
+         s = c.wrap_socket(socket.create_connection(('127.0.0.1', {port}), timeout=10), server_hostname='127.0.0.1')\n\
+         s.sendall(b'\\x0b' + open({f:?}, 'rb').read() + b'\\x1c\\x0d')\n\
+         buf = b''\n\
+         while not buf.endswith(b'\\x1c\\x0d'):\n\
+         \x20   chunk = s.recv(65536)\n\
+         \x20   if not chunk: break\n\
+         \x20   buf += chunk\n\
+         sys.stdout.buffer.write(buf)\n",
+        ca = ca.display().to_string(),
+        f = f.display().to_string(),
+    );
+    let o = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    if !o.status.success() {
+        return Err(text(&o));
+    }
+    let out = o.stdout;
+    let start = out.iter().position(|&c| c == 0x0b).ok_or("no frame")? + 1;
+    let end = out.iter().position(|&c| c == 0x1c).ok_or("no frame end")?;
+    Ok(out[start..end].to_vec())
+}
+
+#[test]
+fn mllp_over_tls_with_and_without_client_certificates() {
+    let pki = tempfile::tempdir().unwrap();
+    mint_pki(pki.path(), "ris");
+    let p = |n: &str| pki.path().join(n);
+    let b = DrimBox::start(Settings {
+        extra_config: format!(
+            "\n[hl7.tls]\ncertificate = {:?}\nprivate_key = {:?}\nclient_ca = {:?}\n",
+            p("ris-server.pem").display().to_string(),
+            p("ris-server.key").display().to_string(),
+            p("ris-ca.pem").display().to_string()
+        ),
+        ..Settings::default()
+    });
+    let oru = sample("ORU_R01_K.hl7");
+    let ack = send_tls(
+        b.hl7_port,
+        &p("ris-ca.pem"),
+        Some((&p("ris-client.pem"), &p("ris-client.key"))),
+        &oru,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.log()));
+    assert_eq!(field(&ack, "MSA", 1), "AA");
+    assert_eq!(reports(&b), 1);
+    // No client certificate: the handshake fails, nothing is recorded.
+    let refused = send_tls(b.hl7_port, &p("ris-ca.pem"), None, &sample("MDM_T02_L.hl7"));
+    assert!(refused.is_err(), "a RIS without certificate was served");
+    // Plain MLLP on the TLS port: the bytes are not a TLS handshake, no ACK comes back.
+    use std::io::{Read, Write};
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", b.hl7_port)).unwrap();
+    plain
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut framed = vec![0x0b];
+    framed.extend_from_slice(&sample("MDM_T02_L.hl7"));
+    framed.extend_from_slice(&[0x1c, 0x0d]);
+    let _ = plain.write_all(&framed);
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("MSA|"),
+        "plain MLLP answered on the TLS port"
+    );
+    assert_eq!(reports(&b), 1);
+}

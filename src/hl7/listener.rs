@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,8 @@ const END: [u8; 2] = [0x1C, 0x0D];
 pub enum ListenerError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("hl7.tls: {0}")]
+    Tls(String),
 }
 
 #[derive(Default)]
@@ -55,6 +57,14 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ListenerError> 
     let addr = SocketAddr::new(h.listen, h.port);
     let listener = crate::supervisor::sandbox::tcp_listener(addr, "mllp")
         .map_err(|source| ListenerError::Bind { addr, source })?;
+    let tls = h
+        .tls
+        .as_ref()
+        .map(|t| {
+            crate::tls::server_config(&t.certificate, &t.private_key, t.client_ca.as_deref())
+                .map_err(ListenerError::Tls)
+        })
+        .transpose()?;
     let shared = Arc::new(Shared {
         run_dir: config.storage.run_dir.clone(),
         staging: Layout::new(&config.storage.data_dir).hl7_staging(),
@@ -63,7 +73,14 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ListenerError> 
         active: AtomicUsize::new(0),
         counters: Counters::default(),
     });
-    log::info!("HL7 listener ready: MLLP on {addr}");
+    log::info!(
+        "HL7 listener ready: MLLP{} on {addr}",
+        match h.tls.as_ref().map(|t| t.client_ca.is_some()) {
+            None => "",
+            Some(false) => " over TLS",
+            Some(true) => " over TLS, client certificate required",
+        }
+    );
     let counters = || {
         let c = &shared.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -92,10 +109,19 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ListenerError> 
             }
             shared.counters.connections.fetch_add(1, Ordering::Relaxed);
             let shared = shared.clone();
+            let tls = tls.clone();
             let spawned = std::thread::Builder::new()
                 .name("mllp".into())
                 .spawn(move || {
-                    if let Err(e) = serve(&shared, stream) {
+                    let served = match tls {
+                        Some(cfg) => rustls::ServerConnection::new(cfg)
+                            .map_err(io::Error::other)
+                            .and_then(|conn| {
+                                serve(&shared, rustls::StreamOwned::new(conn, stream))
+                            }),
+                        None => serve(&shared, stream),
+                    };
+                    if let Err(e) = served {
                         log::info!("HL7 connection from {peer} closed: {e}");
                     }
                     shared.active.fetch_sub(1, Ordering::SeqCst);
@@ -170,8 +196,7 @@ fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Frame> {
     }
 }
 
-fn serve(shared: &Shared, stream: TcpStream) -> io::Result<()> {
-    let mut out = stream.try_clone()?;
+fn serve(shared: &Shared, stream: impl Read + Write) -> io::Result<()> {
     let mut input = BufReader::new(stream);
     let mut archive: Option<ipc::Client> = None;
     loop {
@@ -195,7 +220,9 @@ fn serve(shared: &Shared, stream: TcpStream) -> io::Result<()> {
         framed.push(START);
         framed.extend_from_slice(&answer);
         framed.extend_from_slice(&END);
+        let out = input.get_mut();
         out.write_all(&framed)?;
+        out.flush()?;
     }
 }
 

@@ -488,17 +488,7 @@ fn respond(stream: &mut impl Write, (code, reason, ctype, body): Answer) -> io::
 /// The status page's TLS configuration: the configured certificate chain and key, no client
 /// authentication (a browser on the practice LAN).
 fn tls_config(tls: &crate::config::StatusTls) -> Result<Arc<rustls::ServerConfig>, StatusError> {
-    let (certs, key) =
-        crate::tls::load_identity(&tls.certificate, &tls.private_key).map_err(StatusError::Tls)?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| StatusError::Tls(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| StatusError::Tls(format!("certificate/key: {e}")))?;
-    Ok(Arc::new(config))
+    crate::tls::server_config(&tls.certificate, &tls.private_key, None).map_err(StatusError::Tls)
 }
 
 #[cfg(test)]

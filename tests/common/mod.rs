@@ -574,3 +574,83 @@ pub fn hl7_field(message: &[u8], seg: &str, n: usize) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+/// Runs `openssl ARGS` in `dir`; it must succeed.
+pub fn openssl(args: &[&str], dir: &Path) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+}
+
+/// A test CA (`<name>-ca.pem`), a server certificate for 127.0.0.1 and a client certificate, minted now.
+pub fn mint_pki(dir: &Path, name: &str) {
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} Test CA"),
+            "-keyout",
+            &format!("{name}-ca.key"),
+            "-out",
+            &format!("{name}-ca.pem"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        dir,
+    );
+    for (who, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        fs::write(dir.join(format!("{name}-{who}.ext")), ext).unwrap();
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name} {who}"),
+                "-keyout",
+                &format!("{name}-{who}.key"),
+                "-out",
+                &format!("{name}-{who}.csr"),
+            ],
+            dir,
+        );
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}-{who}.csr"),
+                "-CA",
+                &format!("{name}-ca.pem"),
+                "-CAkey",
+                &format!("{name}-ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}-{who}.pem"),
+                "-extfile",
+                &format!("{name}-{who}.ext"),
+            ],
+            dir,
+        );
+    }
+}
