@@ -3,3 +3,4 @@
 
 pub mod mtom;
 pub mod response;
+pub mod sim;

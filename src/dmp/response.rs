@@ -196,7 +196,7 @@ mod tests {
         .unwrap();
         let start = text.find("<soap:Envelope").unwrap();
         let end = text.find("</soap:Envelope>").unwrap() + "</soap:Envelope>".len();
-        text[start..end].as_bytes().to_vec()
+        text.as_bytes()[start..end].to_vec()
     }
 
     #[test]
