@@ -4,3 +4,4 @@
 pub mod mtom;
 pub mod response;
 pub mod sim;
+pub mod soap;
