@@ -129,6 +129,41 @@ impl SigningIdentity {
     }
 
     /// The signing certificate.
+    /// A TLS client configuration authenticating with this identity (the DMP's client
+    /// certificate authentication), trusting `roots`. The key never leaves this module but
+    /// into rustls.
+    pub fn tls_client_config(
+        &self,
+        roots: rustls::RootCertStore,
+    ) -> Result<std::sync::Arc<rustls::ClientConfig>, IdentityError> {
+        use rsa::pkcs8::EncodePrivateKey;
+        let key = self
+            .key
+            .to_pkcs8_der()
+            .map_err(|e| IdentityError::Key(e.to_string()))?;
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+            rustls::pki_types::PrivatePkcs8KeyDer::from(key.as_bytes().to_vec()),
+        );
+        let mut chain = vec![rustls::pki_types::CertificateDer::from(
+            self.certificate.der().to_vec(),
+        )];
+        chain.extend(
+            self.chain
+                .iter()
+                .filter(|c| c.der() != self.certificate.der())
+                .map(|c| rustls::pki_types::CertificateDer::from(c.der().to_vec())),
+        );
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| IdentityError::Key(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| IdentityError::Key(e.to_string()))?;
+        Ok(std::sync::Arc::new(config))
+    }
+
     pub fn certificate(&self) -> &Certificate {
         &self.certificate
     }
