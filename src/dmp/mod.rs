@@ -5,4 +5,5 @@ pub mod http;
 pub mod mtom;
 pub mod response;
 pub mod sim;
+pub mod simulator;
 pub mod soap;

@@ -13,7 +13,7 @@ pub const FAILURE: &str = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Fa
 pub const PARTIAL: &str = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:PartialSuccess";
 pub const SEVERITY_ERROR: &str = "urn:oasis:names:tc:ebxml-regrep:ErrorSeverityType:Error";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegistryError {
     pub code: String,
     pub context: String,
@@ -132,6 +132,48 @@ pub fn read(xml: &[u8], expected: &str) -> Result<Answer, AnswerError> {
         });
     }
     Ok(a)
+}
+
+pub const NS_QUERY: &str = "urn:oasis:names:tc:ebxml-regrep:xsd:query:3.0";
+const NS_RIM: &str = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0";
+
+/// Reads an ITI-18 answer: the entryUUIDs (ObjectRef ids) it lists, once it is known to be
+/// ours and a Success.
+pub fn read_query(xml: &[u8], expected: &str) -> Result<Result<Vec<String>, Outcome>, AnswerError> {
+    let doc = Document::parse(xml)?;
+    let root = doc.root();
+    if !doc.element(root).is_some_and(|e| e.is(NS_SOAP, "Envelope")) {
+        return Err(AnswerError::NotSoap);
+    }
+    let relates = first(&doc, root, NS_WSA, "RelatesTo")
+        .map(|n| doc.text(n).trim().to_string())
+        .unwrap_or_default();
+    if relates != expected {
+        return Err(AnswerError::NotOurs {
+            expected: expected.to_string(),
+            found: relates,
+        });
+    }
+    let Some(r) = first(&doc, root, NS_QUERY, "AdhocQueryResponse") else {
+        return read(xml, expected).map(|a| Err(a.outcome));
+    };
+    let status = doc
+        .element(r)
+        .and_then(|e| e.attribute("status"))
+        .unwrap_or_default();
+    if status != SUCCESS {
+        return Ok(Err(Outcome::Refused {
+            status: status.to_string(),
+            errors: Vec::new(),
+        }));
+    }
+    let mut refs = Vec::new();
+    descendants(&doc, r, NS_RIM, "ObjectRef", &mut refs);
+    Ok(Ok(refs
+        .iter()
+        .filter_map(|n| doc.element(*n).and_then(|e| e.attribute("id")))
+        .map(str::to_string)
+        .collect()))
 }
 
 /// A RegistryResponse envelope as the DMP (Apache CXF) writes it: Success, or Failure with its

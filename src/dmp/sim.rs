@@ -55,7 +55,7 @@ const REQUIRED_SLOTS: [&str; 4] = ["creationTime", "languageCode", "sourcePatien
 const SIGNATURE_FORMAT: &str = "http://www.w3.org/2000/09/xmldsig#";
 
 /// The simulator's registry: what it accepted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Registry {
     /// entryUUID → entry.
     pub entries: BTreeMap<String, Entry>,
@@ -64,7 +64,7 @@ pub struct Registry {
     pub seen: BTreeMap<String, Vec<RegistryError>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     pub unique_id: String,
     pub patient_id: String,
@@ -72,7 +72,7 @@ pub struct Entry {
     pub hash: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Status {
     Approved,
     Deprecated,
@@ -162,6 +162,15 @@ fn is_ins_patient_id(cx: &str) -> bool {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The MessageID of an MTOM request (to relate the answer), if it can be read at all.
+pub fn message_id_of(content_type: &str, body: &[u8]) -> Option<String> {
+    let m = mtom::parse(content_type, body).ok()?;
+    let doc = Document::parse(&m.root().ok()?.body).ok()?;
+    descendants(&doc, doc.root(), NS_WSA, "MessageID")
+        .first()
+        .map(|n| doc.text(*n).trim().to_string())
 }
 
 /// Judges an ITI-41 request. `Ok` when the DMP would record it; `Err` with the errors to
