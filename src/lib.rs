@@ -6,6 +6,7 @@ pub mod cda;
 pub mod config;
 pub mod control;
 pub mod dicom;
+pub mod dmp;
 pub mod exam;
 pub mod hl7;
 pub mod ipc;
