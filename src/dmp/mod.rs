@@ -1,5 +1,6 @@
-//! Talking to the DMP (DRIM-M §2): MTOM packaging, the SOAP requests and the answers. Pure
-//! builders and readers here; the network is the publisher's (and the simulator's).
+//! Talking to the DMP (DRIM-M §2): MTOM packaging, the VIHF, the SOAP requests and the
+//! answers, HTTP over TLS; and the simulator that stands in for the DMP in tests and the demo.
+//! Pure builders and readers, but for `http` (the network) and `simulator` (a server).
 
 pub mod http;
 pub mod mtom;
@@ -7,3 +8,4 @@ pub mod response;
 pub mod sim;
 pub mod simulator;
 pub mod soap;
+pub mod vihf;
