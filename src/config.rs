@@ -24,6 +24,28 @@ pub struct Config {
     pub status: StatusConfig,
     pub hl7: Hl7Config,
     pub publication: PublicationConfig,
+    /// Where and how lots are sent; None: lots are built and kept, not sent.
+    pub dmp: Option<DmpConfig>,
+}
+
+/// The DMP endpoints and the credentials of the exchanges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DmpConfig {
+    /// Base of the services (`…/si-dmp-server/v2/services`); `/repository` and `/registry` are
+    /// appended.
+    pub url: String,
+    /// CA certificates (PEM) the DMP's server certificate must chain to (IGC-Santé).
+    pub trust_anchors: PathBuf,
+    /// The practice's authentication certificate (PKCS#12) and its password file.
+    pub pkcs12: PathBuf,
+    pub password_file: PathBuf,
+    pub timeout: Duration,
+    /// LPS identification in the VIHF (the software's DMP registration).
+    pub lps_id: String,
+    pub lps_version: String,
+    pub lps_homologation: String,
+    /// VIHF roles (profession, savoir-faire) as `code^codeSystem^display`.
+    pub roles: Vec<String>,
 }
 
 /// How exams become lots for the DMP: where images are fetched from, whose UIDs, which codes,
@@ -411,6 +433,7 @@ impl Config {
         r.finish(st, "status");
 
         let publication = r.publication(&mut root);
+        let dmp = r.dmp(&mut root);
 
         r.finish(root, "");
 
@@ -476,6 +499,7 @@ impl Config {
                 tls: status_tls.expect("checked"),
             },
             publication,
+            dmp,
         })
     }
 
@@ -620,6 +644,68 @@ impl Reader {
             return None;
         }
         Some(s)
+    }
+
+    fn dmp(&mut self, root: &mut toml::Table) -> Option<DmpConfig> {
+        let v = root.remove("dmp")?;
+        let k = "dmp";
+        let mut t = self.expect_table(v, k);
+        let url = self.opt_str(&mut t, k, "url").flatten();
+        let url = match url {
+            Some(u) if u.starts_with("https://") && !u.ends_with('/') => Some(u),
+            Some(u) => {
+                self.problem(
+                    "dmp.url",
+                    format!("`{u}` must be an https URL without a trailing slash"),
+                );
+                None
+            }
+            None => {
+                self.problem("dmp.url", "is required");
+                None
+            }
+        };
+        let trust_anchors = self.req_path(&mut t, k, "trust_anchors");
+        let pkcs12 = self.req_path(&mut t, k, "pkcs12");
+        let password_file = self.req_path(&mut t, k, "password_file");
+        let timeout = self
+            .opt_int(&mut t, k, "timeout_seconds", 1, 600)
+            .unwrap_or(Some(30));
+        let text = |r: &mut Reader, t: &mut toml::Table, key: &str, default: &str| {
+            r.opt_str(t, k, key)
+                .flatten()
+                .unwrap_or_else(|| default.into())
+        };
+        let lps_id = text(self, &mut t, "lps_id", "");
+        let lps_version = text(self, &mut t, "lps_version", env!("CARGO_PKG_VERSION"));
+        let lps_homologation = text(self, &mut t, "lps_homologation", "");
+        let roles = self.opt_str_list(&mut t, k, "roles").unwrap_or_default();
+        for (i, r) in roles.iter().enumerate() {
+            if r.split('^').count() != 3 {
+                self.problem(
+                    &format!("dmp.roles[{i}]"),
+                    format!("`{r}` must be code^codeSystem^display"),
+                );
+            }
+        }
+        if roles.is_empty() {
+            self.problem(
+                "dmp.roles",
+                "needs the VIHF roles (profession, savoir-faire)",
+            );
+        }
+        self.finish(t, k);
+        Some(DmpConfig {
+            url: url?,
+            trust_anchors: trust_anchors?,
+            pkcs12: pkcs12?,
+            password_file: password_file?,
+            timeout: Duration::from_secs(timeout? as u64),
+            lps_id,
+            lps_version,
+            lps_homologation,
+            roles,
+        })
     }
 
     fn publication(&mut self, root: &mut toml::Table) -> PublicationConfig {

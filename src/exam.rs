@@ -61,6 +61,9 @@ pub enum LotAction {
 pub enum LotStatus {
     /// Built and archived, waiting for the publisher to send it.
     Built,
+    /// Handed to the network: the outcome is unknown until the DMP answers, or, after a
+    /// timeout or a crash, until a query for its uniqueId says whether the DMP has it.
+    Sending,
     /// The DMP said Success.
     Accepted,
     /// The DMP refused it (the exam waits for an operator or a new message).
@@ -311,6 +314,11 @@ pub enum ExamState {
         seq: u32,
         action: LotAction,
     },
+    /// A lot is with the DMP and its outcome not known yet: nothing else happens to the exam
+    /// until it is (never two versions in flight).
+    Sending {
+        seq: u32,
+    },
     /// What the DMP holds is what the archive holds.
     UpToDate {
         published: bool,
@@ -330,6 +338,7 @@ impl ExamState {
             ExamState::Ready(NextAction::Replace { .. }) => "ready to replace",
             ExamState::Ready(NextAction::Unpublish { .. }) => "ready to withdraw",
             ExamState::LotBuilt { .. } => "lot built",
+            ExamState::Sending { .. } => "sending to the DMP",
             ExamState::UpToDate { published: true } => "published",
             ExamState::UpToDate { published: false } => "withdrawn",
         }
@@ -355,6 +364,9 @@ impl ExamState {
 
 /// Where the exam stands, from what the archive holds.
 pub fn assess(inputs: &ExamInputs, policy: &Policy) -> ExamState {
+    if let Some(l) = inputs.lots.iter().find(|l| l.status == LotStatus::Sending) {
+        return ExamState::Sending { seq: l.seq };
+    }
     let Some(report) = inputs.reports.iter().max_by_key(|r| r.received_ms) else {
         return ExamState::AwaitingReport;
     };
@@ -880,6 +892,24 @@ mod tests {
         let state = assess(&built, &Policy::default());
         assert!(ready_publish(&state));
         assert_eq!(superseded_lots(&built, &state), vec![1]);
+    }
+
+    #[test]
+    fn a_lot_in_flight_freezes_the_exam() {
+        let mut inputs = ExamInputs {
+            study: Some(study()),
+            reports: vec![report("k1", 1, "publish"), report("k2", 2, "delete")],
+            lots: vec![lot(1, LotAction::Publish, "k1", "d1", LotStatus::Sending)],
+        };
+        assert_eq!(
+            assess(&inputs, &Policy::default()),
+            ExamState::Sending { seq: 1 }
+        );
+        inputs.lots[0].status = LotStatus::Accepted;
+        assert!(matches!(
+            assess(&inputs, &Policy::default()),
+            ExamState::Ready(NextAction::Unpublish { .. })
+        ));
     }
 
     #[test]

@@ -53,7 +53,9 @@ impl Role {
             Request::RegisterInstance(_) => self == Role::Receiver,
             Request::RecordReport(_) => self == Role::Hl7,
             // The publisher's work carries the report (patient data): its role only.
-            Request::NextWork { .. } | Request::RecordLot(_) => self == Role::Publisher,
+            Request::NextWork { .. } | Request::RecordLot(_) | Request::LotProgress(_) => {
+                self == Role::Publisher
+            }
             Request::Ping | Request::Summary | Request::Study { .. } | Request::Exams => true,
         }
     }
@@ -85,9 +87,14 @@ pub enum Request {
     NextWork {
         #[serde(default)]
         skip: Vec<String>,
+        /// The publisher can reach the DMP: built lots are handed out to be sent.
+        #[serde(default)]
+        can_send: bool,
     },
     /// A lot the publisher built and fsync'd in the lot staging directory: archive it.
     RecordLot(Box<NewLot>),
+    /// Where a lot's delivery stands now, committed before the publisher's next network step.
+    LotProgress(Box<LotProgress>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,8 +106,9 @@ pub enum Response {
     Summary(crate::archive::model::Summary),
     Study(Option<crate::archive::model::StudyView>),
     Exams(Vec<crate::archive::model::ExamView>),
-    Work(Option<Box<crate::archive::model::ExamWork>>),
+    Work(Option<crate::archive::model::Work>),
     LotRecorded { seq: u32 },
+    ProgressRecorded,
     Error(ArchiveFailure),
 }
 
@@ -143,6 +151,17 @@ pub struct NewLot {
     pub submission_set_uid: String,
     /// Names of the files in the staging subdirectory.
     pub files: Vec<String>,
+}
+
+/// A lot's new delivery state, and the exchange that led to it (kept with the lot).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LotProgress {
+    pub study_uid: String,
+    pub seq: u32,
+    pub status: crate::exam::LotStatus,
+    pub delivery: crate::archive::model::Delivery,
+    /// (file name, bytes base64) of a request or answer to keep in the lot's directory.
+    pub exchange: Vec<(String, String)>,
 }
 
 /// What the listener learned of a report message; the archive keeps it as the message's row.

@@ -75,6 +75,26 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// The DMP simulator: HTTPS with client certificates, ITI-41 / ITI-18 / ITI-57, for tests and
+    /// the demo (the real DMP cannot be reached from here).
+    DmpSim {
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        certificate: PathBuf,
+        #[arg(long)]
+        private_key: PathBuf,
+        /// CA of the client certificates it accepts (the practices' authentication certificates).
+        #[arg(long)]
+        client_ca: PathBuf,
+        /// JSON file holding its registry (created if missing).
+        #[arg(long)]
+        state: PathBuf,
+        /// Fault modes for the next requests: delay=MS[:N], reset[:N], http500[:N], failure[:N],
+        /// commit-then-drop[:N].
+        #[arg(long)]
+        fault: Vec<String>,
+    },
     /// Time building the KOS and the signed lot of a synthetic exam (`scripts/bench-lot`).
     #[command(hide = true)]
     BenchLot {
@@ -180,6 +200,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Status { target, json } => status(&target, json),
         Cmd::Study { study_uid, target } => study(&target, &study_uid),
         Cmd::Exams { target } => exams(&target),
+        Cmd::DmpSim {
+            listen,
+            certificate,
+            private_key,
+            client_ca,
+            state,
+            fault,
+        } => {
+            let faults = fault
+                .iter()
+                .map(|f| f.parse())
+                .collect::<Result<Vec<drimbox::dmp::simulator::Fault>, String>>()
+                .map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
+            let stop = stop_flag()?;
+            drimbox::dmp::simulator::run(
+                &drimbox::dmp::simulator::Options {
+                    listen,
+                    certificate,
+                    private_key,
+                    client_ca,
+                    state,
+                    faults,
+                },
+                stop,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::BenchLot {
             report,
             pkcs12,
@@ -197,7 +244,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let message =
                 std::fs::read(&report).with_context(|| format!("reading {}", report.display()))?;
             let (mut times, size) =
-                drimbox::publisher::bench_lots(&message, signer.as_ref(), instances, series, reps)
+                drimbox::publisher::bench_lots(&message, &signer, instances, series, reps)
                     .map_err(|e| anyhow::anyhow!(e))?;
             times.sort_by(f64::total_cmp);
             println!(

@@ -134,36 +134,42 @@ pub fn settings(config: &Config) -> Option<LotSettings> {
     })
 }
 
-/// Loads the practice's signing certificate (PKCS#12 + password file).
-pub fn load_signer(s: &SigningConfig) -> Result<Box<dyn LotSigner + Send>, PublisherError> {
-    let err = |message: String| PublisherError::Signing {
-        path: s.pkcs12.clone(),
-        message,
-    };
-    let password = fs::read_to_string(&s.password_file).map_err(|source| PublisherError::Io {
+/// Loads a PKCS#12 identity and its password file (signing or authentication certificate).
+pub fn load_identity(
+    pkcs12: &Path,
+    password_file: &Path,
+) -> Result<crate::signing::identity::SigningIdentity, PublisherError> {
+    let password = fs::read_to_string(password_file).map_err(|source| PublisherError::Io {
         what: "reading the password file",
-        path: s.password_file.clone(),
+        path: password_file.to_path_buf(),
         source,
     })?;
     let password = password.lines().next().unwrap_or_default().to_string();
-    let der = fs::read(&s.pkcs12).map_err(|source| PublisherError::Io {
+    let der = fs::read(pkcs12).map_err(|source| PublisherError::Io {
         what: "reading",
-        path: s.pkcs12.clone(),
+        path: pkcs12.to_path_buf(),
         source,
     })?;
-    let algorithm = crate::signing::SignatureAlgorithm::from_name(&s.algorithm)
-        .unwrap_or(crate::signing::SignatureAlgorithm::RsaSha256);
-    let identity = crate::signing::identity::SigningIdentity::from_pkcs12(&der, &password)
-        .map_err(|e| err(e.to_string()))?;
-    Ok(Box::new(PracticeSigner {
-        identity,
-        algorithm,
-    }))
+    crate::signing::identity::SigningIdentity::from_pkcs12(&der, &password).map_err(|e| {
+        PublisherError::Signing {
+            path: pkcs12.to_path_buf(),
+            message: e.to_string(),
+        }
+    })
+}
+
+/// Loads the practice's signing certificate (PKCS#12 + password file) as the lot signer.
+pub fn load_signer(s: &SigningConfig) -> Result<PracticeSigner, PublisherError> {
+    Ok(PracticeSigner {
+        identity: Arc::new(load_identity(&s.pkcs12, &s.password_file)?),
+        algorithm: crate::signing::SignatureAlgorithm::from_name(&s.algorithm)
+            .unwrap_or(crate::signing::SignatureAlgorithm::RsaSha256),
+    })
 }
 
 /// Signs lots with the practice's certificate (IHE DSG, [`crate::signing::lot`]).
 pub struct PracticeSigner {
-    pub identity: crate::signing::identity::SigningIdentity,
+    pub identity: Arc<crate::signing::identity::SigningIdentity>,
     pub algorithm: crate::signing::SignatureAlgorithm,
 }
 
@@ -269,6 +275,99 @@ pub fn build_and_record(
     }
 }
 
+/// The DMP connection from `[dmp]`: the authentication certificate for TLS, the trust anchors,
+/// the VIHF settings; the VIHF is signed with the signing certificate.
+pub fn dmp_connection(
+    config: &Config,
+    signer: &PracticeSigner,
+) -> Result<Option<crate::dmp::deliver::Dmp>, PublisherError> {
+    let Some(d) = &config.dmp else {
+        return Ok(None);
+    };
+    let auth = load_identity(&d.pkcs12, &d.password_file)?;
+    let roots =
+        crate::tls::load_roots(&d.trust_anchors).map_err(|message| PublisherError::Signing {
+            path: d.trust_anchors.clone(),
+            message,
+        })?;
+    let tls = auth
+        .tls_client_config(roots)
+        .map_err(|e| PublisherError::Signing {
+            path: d.pkcs12.clone(),
+            message: e.to_string(),
+        })?;
+    let roles = d
+        .roles
+        .iter()
+        .filter_map(|r| {
+            let mut p = r.splitn(3, '^');
+            Some(crate::dmp::vihf::CodedValue::new(
+                p.next()?,
+                p.next()?,
+                p.next()?,
+            ))
+        })
+        .collect();
+    Ok(Some(crate::dmp::deliver::Dmp {
+        repository_url: format!("{}/repository", d.url),
+        registry_url: format!("{}/registry", d.url),
+        tls,
+        timeout: d.timeout,
+        vihf: crate::dmp::vihf::VihfSettings {
+            lps: crate::dmp::vihf::Lps {
+                id: d.lps_id.clone(),
+                name: "DRIMbox".into(),
+                version: d.lps_version.clone(),
+                homologation: d.lps_homologation.clone(),
+            },
+            roles,
+        },
+        signer: signer.identity.clone(),
+        algorithm: signer.algorithm,
+    }))
+}
+
+/// The publisher's effects for a delivery: the archive commit, the clock, UUIDs.
+struct ArchiveEffects<'a> {
+    client: &'a mut ipc::Client,
+    study_uid: String,
+    seq: u32,
+    lost: bool,
+}
+
+impl crate::dmp::deliver::Effects for ArchiveEffects<'_> {
+    fn now_ms(&self) -> i64 {
+        crate::archive::now_ms()
+    }
+
+    fn new_uuid(&self) -> String {
+        urn_uuid().unwrap_or_else(|_| format!("urn:uuid:{}", crate::archive::now_ms()))
+    }
+
+    fn commit(&mut self, p: crate::dmp::deliver::Progress) -> Result<(), String> {
+        let request = Request::LotProgress(Box::new(ipc::LotProgress {
+            study_uid: self.study_uid.clone(),
+            seq: self.seq,
+            status: p.status,
+            delivery: p.delivery,
+            exchange: p
+                .exchange
+                .iter()
+                .map(|(n, b)| (n.clone(), crate::base64::encode(b)))
+                .collect(),
+        }));
+        match self.client.call(&request) {
+            Ok(Response::ProgressRecorded) => Ok(()),
+            Ok(Response::Error(f)) => Err(f.message),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => {
+                self.lost = true;
+                Err(format!("archive unavailable: {e}"))
+            }
+        }
+    }
+}
+
 /// Runs the publisher until `stop` is set.
 pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError> {
     let mut reporter = crate::control::Reporter::from_env();
@@ -282,7 +381,12 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
     let ready = match (missing_settings(config), settings(config)) {
         (None, Some(s)) => {
             let signing = config.publication.signing.as_ref().expect("checked");
-            Some((s, load_signer(signing)?))
+            let signer = load_signer(signing)?;
+            let dmp = dmp_connection(config, &signer)?;
+            if dmp.is_none() {
+                reporter.error("lots are built and kept; [dmp] is not configured, none is sent");
+            }
+            Some((s, signer, dmp))
         }
         (why, _) => {
             let why = why.unwrap_or("publication settings incomplete");
@@ -294,6 +398,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
     log::info!("publisher ready");
     let mut built = 0u64;
     let mut failed = 0u64;
+    let mut published = 0u64;
+    let mut refused = 0u64;
+    let mut retries = 0u64;
     let mut archive: Option<ipc::Client> = None;
     let mut next_poll = Instant::now();
     // Exams whose lot could not be built, and when to try again (so one bad exam never holds
@@ -304,10 +411,13 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
             [
                 ("lots_built".to_string(), built),
                 ("lots_failed".to_string(), failed),
+                ("lots_published".to_string(), published),
+                ("lots_refused".to_string(), refused),
+                ("delivery_retries".to_string(), retries),
             ]
             .into()
         });
-        let Some((settings, signer)) = &ready else {
+        let Some((settings, signer, dmp)) = &ready else {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         };
@@ -329,7 +439,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
         };
         retry.retain(|_, at| *at > Instant::now());
         let skip = retry.keys().cloned().collect();
-        let (work, lost) = match client.call(&Request::NextWork { skip }) {
+        let request = Request::NextWork {
+            skip,
+            can_send: dmp.is_some(),
+        };
+        let (work, lost) = match client.call(&request) {
             Ok(Response::Work(w)) => (w, false),
             Ok(Response::Error(f)) => {
                 log::warn!("archive: {}", f.message);
@@ -341,29 +455,69 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
             archive = None;
             continue;
         }
-        let Some(work) = work else {
-            continue;
-        };
-        match build_and_record(config, client, &work, settings, signer.as_ref()) {
-            Ok(seq) => {
-                built += 1;
-                log::info!(
-                    study_uid = work.study_uid.as_str();
-                    "lot {seq} built for the exam ({:?})",
-                    work.action.lot_action()
-                );
-                // More may be waiting: ask again at once.
-                next_poll = Instant::now();
+        match work {
+            None => {}
+            Some(crate::archive::model::Work::Build(work)) => {
+                match build_and_record(config, client, &work, settings, signer) {
+                    Ok(seq) => {
+                        built += 1;
+                        log::info!(
+                            study_uid = work.study_uid.as_str();
+                            "lot {seq} built for the exam ({:?})",
+                            work.action.lot_action()
+                        );
+                        // More may be waiting: ask again at once.
+                        next_poll = Instant::now();
+                    }
+                    Err(LotFailure::Archive(e)) => {
+                        log::info!("archive unavailable while archiving a lot ({e}); retrying");
+                        archive = None;
+                    }
+                    Err(LotFailure::Lot(e)) => {
+                        failed += 1;
+                        retry.insert(work.study_uid.clone(), Instant::now() + RETRY_AFTER);
+                        log::warn!(study_uid = work.study_uid.as_str(); "lot not built: {e}");
+                        reporter.error(format!("lot not built: {e}"));
+                    }
+                }
             }
-            Err(LotFailure::Archive(e)) => {
-                log::info!("archive unavailable while archiving a lot ({e}); retrying");
-                archive = None;
-            }
-            Err(LotFailure::Lot(e)) => {
-                failed += 1;
-                retry.insert(work.study_uid.clone(), Instant::now() + RETRY_AFTER);
-                log::warn!(study_uid = work.study_uid.as_str(); "lot not built: {e}");
-                reporter.error(format!("lot not built: {e}"));
+            Some(crate::archive::model::Work::Send(work)) => {
+                let Some(dmp) = dmp else { continue };
+                let mut effects = ArchiveEffects {
+                    client,
+                    study_uid: work.study_uid.clone(),
+                    seq: work.lot.facts.seq,
+                    lost: false,
+                };
+                let uid = work.study_uid.as_str();
+                match crate::dmp::deliver::deliver(dmp, &work, &mut effects) {
+                    Ok(crate::exam::LotStatus::Accepted) => {
+                        published += 1;
+                        log::info!(study_uid = uid; "lot {} published", work.lot.facts.seq);
+                        next_poll = Instant::now();
+                    }
+                    Ok(crate::exam::LotStatus::Refused) => {
+                        refused += 1;
+                        log::warn!(study_uid = uid; "lot {} refused by the DMP", work.lot.facts.seq);
+                        reporter.error("the DMP refused a lot: see the exams list");
+                        next_poll = Instant::now();
+                    }
+                    Ok(_) => {
+                        retries += 1;
+                        log::info!(study_uid = uid; "lot {} not delivered yet; retry later", work.lot.facts.seq);
+                        next_poll = Instant::now();
+                    }
+                    Err(e) => {
+                        if effects.lost {
+                            archive = None;
+                        } else {
+                            failed += 1;
+                            retry.insert(work.study_uid.clone(), Instant::now() + RETRY_AFTER);
+                            reporter.error(format!("delivery: {e}"));
+                        }
+                        log::warn!(study_uid = uid; "delivery of lot {} stopped: {e}", work.lot.facts.seq);
+                    }
+                }
             }
         }
     }

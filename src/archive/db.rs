@@ -487,6 +487,15 @@ pub fn insert_lot(txn: &WriteTransaction, study_uid: &str, row: &LotRow) -> Resu
     Ok(())
 }
 
+/// Rewrites one lot's row (its delivery progressed), inside a write transaction.
+pub fn update_lot(txn: &WriteTransaction, study_uid: &str, row: &LotRow) -> Result<(), DbError> {
+    txn.open_table(LOTS)?.insert(
+        lot_key(study_uid, row.facts.seq).as_str(),
+        encode(row).as_slice(),
+    )?;
+    Ok(())
+}
+
 /// The next lot number of the box, durably reserved (UIDs are made from it, so it is never
 /// handed out twice, even across a crash).
 pub fn reserve_lot_number(txn: &WriteTransaction) -> Result<u64, DbError> {

@@ -10,19 +10,22 @@ use std::collections::BTreeMap;
 use std::fs;
 
 use super::db::{self, Db, ExamRecord};
-use super::model::{ExamWork, LotRow, SeriesMaterial, StudyAttributes};
+use super::model::{ExamWork, LotRow, SendWork, SeriesMaterial, StudyAttributes, Work};
 use super::store::{fsync_dir, is_safe_staging_name, is_safe_uid, Layout};
 use super::{db_failure, failure, now_ms};
 use crate::exam::{assess, ExamState, LotFacts, LotStatus, NextAction, Policy};
-use crate::ipc::{ArchiveFailure, FailureKind, NewLot};
+use crate::ipc::{ArchiveFailure, FailureKind, LotProgress, NewLot};
 
-/// The first exam whose next action needs a lot built (publish or replace), or None.
+/// The publisher's next work: a built lot to send (or one in flight whose retry is due), when
+/// it can send; else the first exam whose next action needs a lot built. None when idle.
 pub fn next_work(
     db: &Db,
     layout: &Layout,
     policy: &Policy,
     skip: &[String],
-) -> Result<Option<ExamWork>, ArchiveFailure> {
+    can_send: bool,
+    now_ms: i64,
+) -> Result<Option<Work>, ArchiveFailure> {
     for uid in db.exam_uids().map_err(db_failure)? {
         if skip.contains(&uid) {
             continue;
@@ -30,16 +33,103 @@ pub fn next_work(
         let Some(rec) = db.exam(&uid).map_err(db_failure)? else {
             continue;
         };
-        let ExamState::Ready(action) = assess(&rec.inputs, policy) else {
-            continue;
-        };
-        // Withdrawals need no lot (no document, no signature): the publisher's next issue.
-        if matches!(action, NextAction::Unpublish { .. }) {
-            continue;
+        match assess(&rec.inputs, policy) {
+            ExamState::LotBuilt { seq, .. } | ExamState::Sending { seq } if can_send => {
+                let Some(lot) = rec.lots.iter().find(|l| l.facts.seq == seq) else {
+                    continue;
+                };
+                if lot.delivery.next_attempt_ms > now_ms {
+                    continue;
+                }
+                return send_material(layout, &uid, &rec, lot.clone())
+                    .map(|w| Some(Work::Send(Box::new(w))));
+            }
+            // Withdrawals need no lot (no document, no signature): the publisher's next step.
+            ExamState::Ready(NextAction::Unpublish { .. }) => {}
+            ExamState::Ready(action) => {
+                return material(db, layout, &uid, rec, action)
+                    .map(|w| Some(Work::Build(Box::new(w))));
+            }
+            _ => {}
         }
-        return material(db, layout, &uid, rec, action).map(Some);
     }
     Ok(None)
+}
+
+fn send_material(
+    layout: &Layout,
+    uid: &str,
+    rec: &ExamRecord,
+    lot: LotRow,
+) -> Result<SendWork, ArchiveFailure> {
+    let read = |rel: String| {
+        fs::read(layout.abs(&rel))
+            .map_err(|e| failure(FailureKind::Resources, format!("reading {rel}: {e}")))
+    };
+    let report = rec
+        .inputs
+        .reports
+        .iter()
+        .zip(&rec.reports)
+        .find(|(i, _)| i.key == lot.facts.report_key)
+        .map(|(_, r)| r.file.clone())
+        .ok_or_else(|| failure(FailureKind::Invalid, "the lot's report is gone"))?;
+    let mut files = Vec::new();
+    for name in [
+        crate::lot::KOS_FILE,
+        crate::lot::SIGNATURE_FILE,
+        crate::lot::SUBMISSION_FILE,
+    ] {
+        let bytes = read(format!("{}/{name}", lot.dir))?;
+        files.push((name.to_string(), crate::base64::encode(&bytes)));
+    }
+    Ok(SendWork {
+        study_uid: uid.to_string(),
+        report_base64: crate::base64::encode(&read(report)?),
+        files,
+        lot,
+    })
+}
+
+/// Records where a lot's delivery stands, with the exchange that led there: the exchange's
+/// files are written and fsync'd into the lot's directory, then the row committed.
+pub fn record_progress(db: &Db, layout: &Layout, p: &LotProgress) -> Result<(), ArchiveFailure> {
+    let invalid = |m: &str| failure(FailureKind::Invalid, m);
+    if !is_safe_uid(&p.study_uid) || !p.exchange.iter().all(|(n, _)| is_safe_staging_name(n)) {
+        return Err(invalid("bad study UID or exchange file name"));
+    }
+    let rec = db
+        .exam(&p.study_uid)
+        .map_err(db_failure)?
+        .ok_or_else(|| invalid("no such exam"))?;
+    let mut lot = rec
+        .lots
+        .into_iter()
+        .find(|l| l.facts.seq == p.seq)
+        .ok_or_else(|| invalid("no such lot"))?;
+    if !matches!(lot.facts.status, LotStatus::Built | LotStatus::Sending) {
+        return Err(invalid("this lot's delivery is settled already"));
+    }
+    let dir = layout.abs(&lot.dir);
+    let resources =
+        |what: &str, e: std::io::Error| failure(FailureKind::Resources, format!("{what}: {e}"));
+    let mut delivery = p.delivery.clone();
+    delivery.exchanges = lot.delivery.exchanges.clone();
+    for (name, b64) in &p.exchange {
+        let bytes =
+            crate::base64::decode(b64.as_bytes()).map_err(|_| invalid("exchange is not base64"))?;
+        write_synced(&dir.join(name), &bytes).map_err(|e| resources("writing an exchange", e))?;
+        delivery.exchanges.push(name.clone());
+    }
+    if !p.exchange.is_empty() {
+        fsync_dir(&dir).map_err(|e| resources("fsync of the lot", e))?;
+    }
+    lot.facts.status = p.status;
+    lot.delivery = delivery;
+    let txn = db.begin_write().map_err(db_failure)?;
+    db::update_lot(&txn, &p.study_uid, &lot).map_err(db_failure)?;
+    txn.commit().map_err(db_failure)?;
+    Ok(())
 }
 
 fn material(
@@ -216,6 +306,7 @@ pub fn record_lot(
         kos_instance_number: new.kos_instance_number,
         submission_set_uid: new.submission_set_uid.clone(),
         built_ms: now_ms(),
+        delivery: Default::default(),
     };
     let txn = db.begin_write().map_err(|e| undo(db_failure(e)))?;
     db::insert_lot(&txn, &new.study_uid, &row).map_err(|e| undo(db_failure(e)))?;

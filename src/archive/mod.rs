@@ -253,8 +253,14 @@ fn answer(
             Ok(v) => Response::Exams(v),
             Err(e) => Response::Error(db_failure(e)),
         },
-        Request::NextWork { skip } => match exams::next_work(db, layout, policy, &skip) {
-            Ok(w) => Response::Work(w.map(Box::new)),
+        Request::NextWork { skip, can_send } => {
+            match exams::next_work(db, layout, policy, &skip, can_send, now_ms()) {
+                Ok(w) => Response::Work(w),
+                Err(f) => Response::Error(f),
+            }
+        }
+        Request::LotProgress(p) => match exams::record_progress(db, layout, &p) {
+            Ok(()) => Response::ProgressRecorded,
             Err(f) => Response::Error(f),
         },
         Request::RecordLot(lot) => match exams::record_lot(db, layout, policy, &lot) {

@@ -165,6 +165,28 @@ pub struct LotRow {
     pub kos_instance_number: u32,
     pub submission_set_uid: String,
     pub built_ms: i64,
+    /// The sending, as the publisher reported it (DMP exchanges).
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+/// Where a lot's delivery to the DMP stands.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Requests sent so far (ITI-41).
+    pub attempts: u32,
+    /// MessageID of the last ITI-41 sent.
+    pub message_id: Option<String>,
+    /// Not before this time (ms) is the next step tried (retry backoff).
+    pub next_attempt_ms: i64,
+    pub last_error: Option<String>,
+    /// The DMP's RegistryErrorList, when it refused the lot: (code, context).
+    pub errors: Vec<(String, String)>,
+    pub accepted_ms: Option<i64>,
+    /// entryUUID the DMP gave the KOS, when known (learned by ITI-18).
+    pub entry_uuid: Option<String>,
+    /// Files of the exchanges kept in the lot's directory, in order.
+    pub exchanges: Vec<String>,
 }
 
 /// An exam as the status page and the CLI see it: UIDs, state and reason, no patient data.
@@ -198,6 +220,25 @@ pub struct SeriesMaterial {
     pub description: String,
     /// (SOP Class UID, SOP Instance UID) of its publishable images, by instance UID.
     pub instances: Vec<(String, String)>,
+}
+
+/// Everything the publisher needs to send a built lot (or to settle one in flight).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendWork {
+    pub study_uid: String,
+    pub lot: LotRow,
+    /// The report message the lot was built from (for the VIHF), base64.
+    pub report_base64: String,
+    /// `KOS_1_1.DCM`, `SIGN_1.XML`, `SUBMISSION.XML`, base64.
+    pub files: Vec<(String, String)>,
+}
+
+/// What the publisher is to do next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    Build(Box<ExamWork>),
+    Send(Box<SendWork>),
 }
 
 /// Everything the publisher needs to build an exam's next lot.

@@ -2,6 +2,7 @@
 //! answers, HTTP over TLS; and the simulator that stands in for the DMP in tests and the demo.
 //! Pure builders and readers, but for `http` (the network) and `simulator` (a server).
 
+pub mod deliver;
 pub mod http;
 pub mod mtom;
 pub mod response;

@@ -77,6 +77,23 @@ pub fn collect(config: &Config) -> Snapshot {
     });
     let mut snapshot = build(config, now, health, archive, disk);
     if let Some(e) = &exams {
+        let n = |label: &str| e.by_state.get(label).copied().unwrap_or(0);
+        snapshot.dmp = Section {
+            configured: config.dmp.is_some(),
+            summary: if config.dmp.is_some() {
+                format!(
+                    "{} published, {} sending, {} waiting to be sent, {} withdrawn",
+                    n("published"),
+                    n("sending to the DMP"),
+                    n("lot built"),
+                    n("withdrawn")
+                )
+            } else {
+                format!("not configured ({} lot(s) built and kept)", n("lot built"))
+            },
+        };
+    }
+    if let Some(e) = &exams {
         let held = e.by_state.get("on hold").copied().unwrap_or(0);
         if held > 0 {
             if snapshot.verdict == Verdict::Ok {

@@ -1,0 +1,338 @@
+//! Publication to the DMP simulator, end to end: images with `storescu`, the agency's ORU with
+//! `mllp_send`, the lot sent over HTTPS with client certificates (certificates minted with
+//! `openssl`), the VIHF of the request checked by `xmlsec1`, and the simulator's registry read
+//! back. Then the faults: a dropped answer after the commit (settled by ITI-18, never sent
+//! twice), an HTTP 500 (retried), a Failure (held, with the DMP's reason).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const STUDY: &str = "1.2.250.1.213.4.5.2.1.112";
+const INS: &str = "279035121518989";
+
+fn run_ok(cmd: &mut Command) -> String {
+    let o = cmd.output().expect("tool");
+    assert!(o.status.success(), "{cmd:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A CA; the simulator's server certificate (127.0.0.1); the practice's authentication and
+/// signing certificates, each in a PKCS#12.
+fn mint(dir: &Path) {
+    mint_pki(dir, "dmp");
+    for who in ["auth", "sign"] {
+        let p = |n: &str| dir.join(n).display().to_string();
+        run_ok(Command::new("openssl").args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p(&format!("{who}.key")),
+            "-out",
+            &p(&format!("{who}.csr")),
+            "-subj",
+            "/C=FR/O=CABINET TEST/OU=499700367909006/CN=DRIMbox",
+        ]));
+        fs::write(
+            dir.join(format!("{who}.ext")),
+            "keyUsage=critical,digitalSignature,nonRepudiation,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        run_ok(Command::new("openssl").args([
+            "x509",
+            "-req",
+            "-in",
+            &p(&format!("{who}.csr")),
+            "-CA",
+            &p("dmp-ca.pem"),
+            "-CAkey",
+            &p("dmp-ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &p(&format!("{who}.pem")),
+            "-extfile",
+            &p(&format!("{who}.ext")),
+        ]));
+        run_ok(Command::new("openssl").args([
+            "pkcs12",
+            "-export",
+            "-inkey",
+            &p(&format!("{who}.key")),
+            "-in",
+            &p(&format!("{who}.pem")),
+            "-out",
+            &p(&format!("{who}.p12")),
+            "-passout",
+            "pass:pw",
+        ]));
+        fs::write(dir.join(format!("{who}.pass")), "pw\n").unwrap();
+    }
+}
+
+struct Simulator {
+    child: Child,
+    port: u16,
+    state: PathBuf,
+}
+
+impl Simulator {
+    fn start(pki: &Path, faults: &[&str]) -> Simulator {
+        let port = free_port();
+        let state = pki.join(format!("registry-{port}.json"));
+        let mut cmd = Command::new(bin());
+        cmd.args(["dmp-sim", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--certificate")
+            .arg(pki.join("dmp-server.pem"))
+            .arg("--private-key")
+            .arg(pki.join("dmp-server.key"))
+            .arg("--client-ca")
+            .arg(pki.join("dmp-ca.pem"))
+            .arg("--state")
+            .arg(&state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for f in faults {
+            cmd.args(["--fault", f]);
+        }
+        let child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "dmp-sim did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Simulator { child, port, state }
+    }
+
+    fn registry(&self) -> serde_json::Value {
+        serde_json::from_slice(&fs::read(&self.state).unwrap()).unwrap()
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(pki: &Path, port: u16) -> String {
+    let p = |n: &str| format!("{:?}", pki.join(n).display().to_string());
+    format!(
+        "\n[publication]\nwado_base_url = \"https://db.cabinet-test.fr/wado\"\n\
+         uid_root = \"1.2.250.1.999.77\"\n\
+         content_type = {{ code = \"07\", scheme = \"1.2.250.1.213.2.2\", display = \"Consultation externe\" }}\n\
+         [publication.signing]\npkcs12 = {}\npassword_file = {}\nalgorithm = \"rsa-sha1\"\n\
+         [dmp]\nurl = \"https://127.0.0.1:{port}/si-dmp-server/v2/services\"\n\
+         trust_anchors = {}\npkcs12 = {}\npassword_file = {}\ntimeout_seconds = 5\n\
+         lps_id = \"TEST-0001\"\nlps_homologation = \"TEST-HOMOLOGATION\"\n\
+         roles = [\"10^1.2.250.1.71.1.2.7^Medecin\", \"SM44^1.2.250.1.71.4.2.5^Radio-diagnostic (SM)\"]\n",
+        p("sign.p12"),
+        p("sign.pass"),
+        p("dmp-ca.pem"),
+        p("auth.p12"),
+        p("auth.pass"),
+    )
+}
+
+fn exams(b: &DrimBox) -> Vec<serde_json::Value> {
+    let o = Command::new(bin())
+        .args(["exams", "--config"])
+        .arg(b.dir.path().join("drimbox.toml"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "drimbox exams: {}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn wait_state(b: &DrimBox, label: &str, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let e = exams(b).into_iter().find(|e| e["study_uid"] == STUDY);
+        if let Some(e) = e.as_ref().filter(|e| e["label"] == label) {
+            return e.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "exam never reached `{label}`: {e:?}\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A box publishing to `sim`, with the ORU's study (6 images) and the ORU sent.
+fn publish_one(pki: &Path, sim: &Simulator) -> DrimBox {
+    let b = DrimBox::start(Settings {
+        stable_after_seconds: 1,
+        extra_config: config(pki, sim.port),
+        ..Settings::default()
+    });
+    let images = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("python3")
+            .arg(shared().join("bench/gen_study.py"))
+            .arg("--out")
+            .arg(images.path())
+            .args([
+                "--count", "6", "--rows", "32", "--cols", "32", "--series", "2",
+            ])
+            .args([
+                "--seed",
+                "dmp",
+                "--patient-id",
+                INS,
+                "--accession",
+                "ACN112",
+            ]),
+    );
+    let files = files_in(images.path());
+    let mut m = Command::new("dcmodify");
+    m.args(["-nb", "-m"])
+        .arg(format!("(0020,000d)={STUDY}"))
+        .args(&files);
+    run_ok(&mut m);
+    let o = storescu_files(b.port, &[], &files);
+    assert!(o.status.success(), "{}", text(&o));
+    let ack = mllp_send(
+        b.hl7_port,
+        &fs::read(shared().join("ref/hl7/ORU_R01_K.hl7")).unwrap(),
+    );
+    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
+    b
+}
+
+fn lot_dir(b: &DrimBox) -> PathBuf {
+    b.data_dir.join("lots").join(STUDY).join("SS000001")
+}
+
+fn entries(sim: &Simulator) -> Vec<serde_json::Value> {
+    sim.registry()["registry"]["entries"]
+        .as_object()
+        .unwrap()
+        .values()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_ready_exam_is_published_once_with_a_verifiable_vihf() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    let sim = Simulator::start(pki.path(), &[]);
+    let b = publish_one(pki.path(), &sim);
+    wait_state(&b, "published", Duration::from_secs(40));
+
+    let e = entries(&sim);
+    assert_eq!(e.len(), 2, "KOS + signature: {e:?}");
+    assert!(e.iter().all(|x| x["status"] == "Approved"));
+    assert!(e
+        .iter()
+        .all(|x| x["patient_id"] == format!("{INS}^^^&1.2.250.1.213.1.4.10&ISO^NH")));
+    assert_eq!(sim.registry()["requests"]["iti41"], 1);
+
+    // The request and the answer are kept with the lot.
+    let dir = lot_dir(&b);
+    let request = fs::read(dir.join("ITI41-1-request.mtom")).unwrap();
+    assert!(dir.join("ITI41-1-response.http").is_file());
+    // The VIHF in its header verifies with xmlsec1 against the practice's CA.
+    let first_line = request.split(|&c| c == b'\r').next().unwrap();
+    let boundary = String::from_utf8_lossy(&first_line[2..]).to_string();
+    let m = drimbox::dmp::mtom::parse(
+        &format!("multipart/related; boundary=\"{boundary}\""),
+        &request,
+    )
+    .unwrap();
+    let envelope = pki.path().join("envelope.xml");
+    fs::write(&envelope, &m.parts[0].body).unwrap();
+    run_ok(Command::new("xmllint").arg("--noout").arg(&envelope));
+    let o = Command::new("xmlsec1")
+        .args([
+            "--verify",
+            "--id-attr:ID",
+            "urn:oasis:names:tc:SAML:2.0:assertion:Assertion",
+            "--trusted-pem",
+        ])
+        .arg(pki.path().join("dmp-ca.pem"))
+        .arg(&envelope)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "xmlsec1 on the VIHF: {}", text(&o));
+    // And the lot signature it carries, too.
+    let sign = pki.path().join("sign.xml");
+    fs::write(&sign, &m.by_cid("sign@drimbox").unwrap().body).unwrap();
+    let o = Command::new("xmlsec1")
+        .args([
+            "--verify",
+            "--ignore-manifests",
+            "--id-attr:Id",
+            "Manifest",
+            "--id-attr:Id",
+            "http://uri.etsi.org/01903/v1.1.1#:SignedProperties",
+            "--trusted-pem",
+        ])
+        .arg(pki.path().join("dmp-ca.pem"))
+        .arg(&sign)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "xmlsec1 on the lot signature: {}",
+        text(&o)
+    );
+
+    // The status page counts it.
+    let snap = b.snapshot();
+    assert!(
+        snap["dmp"]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 published"),
+        "{snap}"
+    );
+}
+
+#[test]
+fn an_answer_lost_after_the_commit_is_settled_by_a_query_not_a_second_send() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    let sim = Simulator::start(pki.path(), &["commit-then-drop:1"]);
+    let b = publish_one(pki.path(), &sim);
+    wait_state(&b, "published", Duration::from_secs(60));
+    assert_eq!(entries(&sim).len(), 2, "{:?}", sim.registry());
+    assert_eq!(sim.registry()["requests"]["iti41"], 1, "sent twice");
+    let files: Vec<String> = fs::read_dir(lot_dir(&b))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(files.iter().any(|f| f.starts_with("ITI18-")), "{files:?}");
+}
+
+#[test]
+fn a_server_error_is_retried_and_a_failure_is_held_with_its_reason() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    let sim = Simulator::start(pki.path(), &["http500:1"]);
+    let b = publish_one(pki.path(), &sim);
+    wait_state(&b, "published", Duration::from_secs(60));
+    assert_eq!(entries(&sim).len(), 2);
+    assert_eq!(sim.registry()["requests"]["iti41"], 2);
+    drop(b);
+
+    let sim = Simulator::start(pki.path(), &["failure:1"]);
+    let b = publish_one(pki.path(), &sim);
+    let e = wait_state(&b, "on hold", Duration::from_secs(40));
+    assert_eq!(e["reason"], "the DMP refused the last submission");
+    assert!(entries(&sim).is_empty());
+    let snap = b.snapshot();
+    assert_eq!(snap["verdict"], "degraded", "{snap}");
+}
