@@ -107,6 +107,8 @@ pub enum LotError {
     NoServiceEvent(String),
     #[error("the exam has no image to reference")]
     NoImages,
+    #[error("the entryUUID of the KOS this lot replaces is not known yet")]
+    NoReplacedEntry,
     #[error("signing the lot: {0}")]
     Signing(String),
 }
@@ -482,7 +484,16 @@ pub fn build(
             uri: None,
         },
         association_ids: ids.association_ids.clone(),
-        replaces_entry_uuid: None,
+        // TD2.1b: an RPLC association to the entry the DMP gave the KOS this lot replaces.
+        replaces_entry_uuid: match &work.action {
+            NextAction::Replace { .. } => Some(
+                work.previous
+                    .as_ref()
+                    .and_then(|p| p.delivery.entry_uuid.clone())
+                    .ok_or(LotError::NoReplacedEntry)?,
+            ),
+            _ => None,
+        },
     };
     let submission = xds::submit_objects_request(&metadata);
     metadata.kos.uri = Some(KOS_FILE.into());

@@ -336,3 +336,118 @@ fn a_server_error_is_retried_and_a_failure_is_held_with_its_reason() {
     let snap = b.snapshot();
     assert_eq!(snap["verdict"], "degraded", "{snap}");
 }
+
+/// The agency's ORU as another version of the report: ORC-1 and the CDA's OBX-11 set to
+/// `order`/`status` (RO/C: a replacement, CA/D: a deletion), with its own control id.
+fn oru_version(order: &str, status: &str, control_id: &str) -> Vec<u8> {
+    let text =
+        String::from_utf8(fs::read(shared().join("ref/hl7/ORU_R01_K.hl7")).unwrap()).unwrap();
+    text.split("\r\n")
+        .map(|seg| {
+            let mut f: Vec<String> = seg.split('|').map(str::to_string).collect();
+            if seg.starts_with("MSH") {
+                f[9] = control_id.into();
+            }
+            if seg.starts_with("ORC") {
+                f[1] = order.into();
+            }
+            if seg.starts_with("OBX") && f.get(2).map(String::as_str) == Some("ED") {
+                f[11] = status.into();
+            }
+            f.join("|")
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        .into_bytes()
+}
+
+#[test]
+fn a_replacement_report_replaces_the_published_kos_with_rplc() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    let sim = Simulator::start(pki.path(), &[]);
+    let b = publish_one(pki.path(), &sim);
+    wait_state(&b, "published", Duration::from_secs(40));
+    let first = entries(&sim);
+    assert_eq!(first.len(), 2);
+
+    let ack = mllp_send(b.hl7_port, &oru_version("RO", "C", "id-replacement"));
+    assert_eq!(
+        hl7_field(&ack, "MSA", 1),
+        "AA",
+        "{}",
+        String::from_utf8_lossy(&ack)
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let e = exams(&b)
+            .into_iter()
+            .find(|e| e["study_uid"] == STUDY)
+            .unwrap();
+        if e["label"] == "published" && e["lots"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not replaced: {e}\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let registry = sim.registry();
+    let all = registry["registry"]["entries"].as_object().unwrap();
+    assert_eq!(all.len(), 4, "{registry}");
+    let deprecated: Vec<&String> = all
+        .iter()
+        .filter(|(_, e)| e["status"] == "Deprecated")
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        deprecated.len(),
+        1,
+        "the first KOS is deprecated: {registry}"
+    );
+    // The second lot's metadata names it in an RPLC association, and its KOS is instance 2.
+    let second = b.data_dir.join("lots").join(STUDY).join("SS000002");
+    let submission = fs::read_to_string(second.join("SUBMISSION.XML")).unwrap();
+    assert!(
+        submission.contains(&format!(
+            "associationType=\"urn:ihe:iti:2007:AssociationType:RPLC\""
+        )) && submission.contains(&format!("targetObject=\"{}\"", deprecated[0])),
+        "{submission}"
+    );
+    let dump = run_ok(Command::new("dcmdump").arg(second.join("KOS_1_1.DCM")));
+    assert!(dump.contains("(0020,0013) IS [2]"), "{dump}");
+}
+
+#[test]
+fn kill_9_of_the_publisher_while_sending_publishes_once() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    // Slow answers widen the window between the send and the commit of its outcome.
+    let sim = Simulator::start(pki.path(), &["delay=2500:1000"]);
+    let b = publish_one(pki.path(), &sim);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut kills = 0;
+    loop {
+        let e = exams(&b)
+            .into_iter()
+            .find(|e| e["study_uid"] == STUDY)
+            .unwrap();
+        if e["label"] == "published" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never published: {e}\n{}",
+            b.log()
+        );
+        if kills < 4 && e["label"] == "sending to the DMP" {
+            if let Some(pid) = b.service_pid("publisher") {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                b.wait_service_restarted("publisher", pid);
+                kills += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(150 + 90 * kills as u64));
+    }
+    assert!(kills > 0, "the publisher was never caught sending");
+    let e = entries(&sim);
+    assert_eq!(e.len(), 2, "exactly one KOS and one signature: {e:?}");
+}

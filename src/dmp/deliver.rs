@@ -15,6 +15,9 @@ use crate::archive::model::{Delivery, SendWork};
 use crate::exam::LotStatus;
 use crate::signing::{SignatureAlgorithm, SigningIdentity};
 
+/// The registry's answer to a uniqueId it already holds (IHE ITI TF-3 4.2.4.1).
+pub const DUPLICATE_UNIQUE_ID: &str = "XDSDuplicateUniqueIdInRegistry";
+
 /// How the box reaches the DMP.
 pub struct Dmp {
     pub repository_url: String,
@@ -226,6 +229,28 @@ pub fn deliver(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<
                             d.entry_uuid = found.refs.first().cloned();
                         }
                         (LotStatus::Accepted, kept)
+                    }
+                    // Our own uniqueId already there: an earlier send of this very lot went
+                    // through after all (its answer was lost). Settled like an in-doubt lot.
+                    response::Outcome::Refused { ref errors, .. }
+                        if errors.iter().any(|e| e.code == DUPLICATE_UNIQUE_ID) =>
+                    {
+                        let qid = effects.new_uuid();
+                        match query(dmp, &vihf, &kos_uid, &qid) {
+                            Ok(found) if !found.refs.is_empty() => {
+                                d.entry_uuid = found.refs.first().cloned();
+                                d.accepted_ms = Some(effects.now_ms());
+                                (LotStatus::Accepted, kept)
+                            }
+                            _ => {
+                                retry(
+                                    &mut d,
+                                    "duplicate uniqueId, not found by ITI-18".into(),
+                                    effects,
+                                );
+                                (LotStatus::Sending, kept)
+                            }
+                        }
                     }
                     response::Outcome::Refused { status, errors } => {
                         d.errors = errors.into_iter().map(|e| (e.code, e.context)).collect();

@@ -322,7 +322,7 @@ pub fn check_provide_and_register(
         }
         if registry.by_unique_id(&unique).is_some() {
             errors.push(error(
-                "XDSNonIdenticalHash",
+                "XDSDuplicateUniqueIdInRegistry",
                 format!("{id}: uniqueId {unique} already registered"),
                 &id,
             ));
