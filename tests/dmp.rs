@@ -407,9 +407,8 @@ fn a_replacement_report_replaces_the_published_kos_with_rplc() {
     let second = b.data_dir.join("lots").join(STUDY).join("SS000002");
     let submission = fs::read_to_string(second.join("SUBMISSION.XML")).unwrap();
     assert!(
-        submission.contains(&format!(
-            "associationType=\"urn:ihe:iti:2007:AssociationType:RPLC\""
-        )) && submission.contains(&format!("targetObject=\"{}\"", deprecated[0])),
+        submission.contains("associationType=\"urn:ihe:iti:2007:AssociationType:RPLC\"")
+            && submission.contains(&format!("targetObject=\"{}\"", deprecated[0])),
         "{submission}"
     );
     let dump = run_ok(Command::new("dcmdump").arg(second.join("KOS_1_1.DCM")));
