@@ -407,6 +407,8 @@ pub fn assess(inputs: &ExamInputs, policy: &Policy) -> ExamState {
                 },
                 "",
             ),
+            // Withdrawn because every image was rejected: it stays withdrawn until new ones come.
+            None if accepted.is_some() => ExamState::UpToDate { published: false },
             _ => ExamState::AwaitingImages,
         };
     };

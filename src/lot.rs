@@ -21,6 +21,8 @@ pub const KOS_FILE: &str = "KOS_1_1.DCM";
 pub const SIGNATURE_FILE: &str = "SIGN_1.XML";
 pub const METADATA_FILE: &str = "METADATA.XML";
 pub const SUBMISSION_FILE: &str = "SUBMISSION.XML";
+/// The ITI-57 body of a withdrawal (TD3.3c): submission set + UpdateAvailabilityStatus.
+pub const WITHDRAWAL_FILE: &str = "WITHDRAWAL.XML";
 
 /// What the box's configuration says about the lots it builds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +121,8 @@ pub struct BuiltLot {
     pub files: Vec<(String, Vec<u8>)>,
     pub ids: LotIds,
     pub kos_instance_number: u32,
-    pub metadata: LotMetadata,
+    /// The XDS metadata (None for a withdrawal, which has only a submission set).
+    pub metadata: Option<LotMetadata>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -235,6 +238,54 @@ fn xcn(id: &crate::cda::Ii, name: &crate::cda::Name) -> String {
         "{}^{}^{}^^^^^^&{}&ISO^D^^^IDNPS",
         id.extension, name.family, name.given, id.root
     )
+}
+
+/// Builds a withdrawal (TD3.3c) of the KOS the accepted lot `work.previous` published: a
+/// submission set and the UpdateAvailabilityStatus association to its entryUUID.
+pub fn build_withdrawal(
+    work: &ExamWork,
+    report: &Report,
+    cda: &CdaHeader,
+    settings: &LotSettings,
+    ids: &LotIds,
+    at: &BuildTime,
+) -> Result<BuiltLot, LotError> {
+    let entry = work
+        .previous
+        .as_ref()
+        .and_then(|p| p.delivery.entry_uuid.clone())
+        .ok_or(LotError::NoReplacedEntry)?;
+    let set = xds::SubmissionSet {
+        submission_time: at.utc.clone(),
+        title: "Examen d'imagerie".into(),
+        comments: format!("Retrait du manifeste de l'examen {}", work.study_uid),
+        author: Author {
+            person: xcn(&cda.author_id, &cda.author_name),
+            institution: format!(
+                "{}^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^{}",
+                cda.organization_name, cda.organization_id.extension
+            ),
+        },
+        content_type: settings.content_type.clone(),
+        patient_id: format!("{}^^^&{}&ISO^NH", report.ins.id, report.ins.oid),
+        source_id: settings.source_id.clone(),
+        unique_id: ids.submission_set_uid.clone(),
+    };
+    let body = crate::dmp::soap::withdraw_body(
+        &xds::submission_set_package(&set),
+        &entry,
+        &ids.association_ids[0],
+    );
+    let previous = work.previous.as_ref().expect("checked above");
+    Ok(BuiltLot {
+        files: vec![(WITHDRAWAL_FILE.into(), body.into_bytes())],
+        ids: LotIds {
+            kos_sop_uid: previous.kos_sop_uid.clone(),
+            ..ids.clone()
+        },
+        kos_instance_number: previous.kos_instance_number,
+        metadata: None,
+    })
 }
 
 /// Builds the lot. Pure: the same inputs give the same bytes (the signature too: RSA PKCS#1
@@ -508,7 +559,7 @@ pub fn build(
         ],
         ids: ids.clone(),
         kos_instance_number: instance_number,
-        metadata,
+        metadata: Some(metadata),
     })
 }
 

@@ -239,8 +239,13 @@ pub fn build_and_record(
         local: local_now(now),
     };
     let ids = lot_ids(config, work.lot_number).map_err(|e| lot_err(e.to_string()))?;
-    let built = lot::build(work, &report, &cda, settings, &ids, &at, signer)
-        .map_err(|e| lot_err(e.to_string()))?;
+    let built = match work.action {
+        crate::exam::NextAction::Unpublish { .. } => {
+            lot::build_withdrawal(work, &report, &cda, settings, &ids, &at)
+        }
+        _ => lot::build(work, &report, &cda, settings, &ids, &at, signer),
+    }
+    .map_err(|e| lot_err(e.to_string()))?;
 
     let staging = Layout::new(&config.storage.data_dir).lot_staging();
     let name = format!("lot-{}", work.lot_number);

@@ -257,6 +257,66 @@ impl Writer {
 }
 
 pub const SUBMISSION_SET_ID: &str = "SubmissionSet01";
+
+/// The submission set of any submission: a lot, or a withdrawal (ITI-57).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmissionSet {
+    pub submission_time: String,
+    pub title: String,
+    pub comments: String,
+    pub author: Author,
+    pub content_type: Code,
+    pub patient_id: String,
+    pub source_id: String,
+    pub unique_id: String,
+}
+
+impl Writer {
+    fn submission_set(&mut self, s: &SubmissionSet) {
+        let ss = SUBMISSION_SET_ID;
+        let _ = write!(self.out, "<RegistryPackage id=\"{ss}\">");
+        self.slot("submissionTime", &[&s.submission_time]);
+        self.localized("Name", &s.title);
+        self.localized("Description", &s.comments);
+        self.author(SCHEME_SS_AUTHOR, ss, &s.author);
+        self.code(SCHEME_SS_CONTENT_TYPE, ss, &s.content_type);
+        let id = self.next_classification();
+        let _ = write!(
+            self.out,
+            "<Classification classificationNode=\"{NODE_SUBMISSION_SET}\" classifiedObject=\"{ss}\" id=\"{id}\"/>"
+        );
+        self.identifier(
+            SCHEME_SS_PATIENT,
+            ss,
+            &s.patient_id,
+            "XDSSubmissionSet.patientId",
+        );
+        self.identifier(
+            SCHEME_SS_SOURCE,
+            ss,
+            &s.source_id,
+            "XDSSubmissionSet.sourceId",
+        );
+        self.identifier(
+            SCHEME_SS_UNIQUE,
+            ss,
+            &s.unique_id,
+            "XDSSubmissionSet.uniqueId",
+        );
+        self.out.push_str("</RegistryPackage>");
+    }
+}
+
+/// The `RegistryPackage` of a submission set alone (the metadata of an ITI-57 withdrawal).
+pub fn submission_set_package(s: &SubmissionSet) -> String {
+    let mut w = Writer {
+        out: String::new(),
+        classification: 0,
+        identifier: 0,
+    };
+    w.submission_set(s);
+    w.out
+}
 pub const KOS_ENTRY_ID: &str = "DocumentKOS";
 pub const SIGNATURE_ENTRY_ID: &str = "Signature01";
 
@@ -269,36 +329,16 @@ pub fn registry_object_list(lot: &LotMetadata) -> String {
     };
     let ss = SUBMISSION_SET_ID;
     w.out.push_str("<RegistryObjectList>");
-    let _ = write!(w.out, "<RegistryPackage id=\"{ss}\">");
-    w.slot("submissionTime", &[&lot.submission_time]);
-    w.localized("Name", &lot.submission_title);
-    w.localized("Description", &lot.submission_comments);
-    w.author(SCHEME_SS_AUTHOR, ss, &lot.author);
-    w.code(SCHEME_SS_CONTENT_TYPE, ss, &lot.content_type);
-    let id = w.next_classification();
-    let _ = write!(
-        w.out,
-        "<Classification classificationNode=\"{NODE_SUBMISSION_SET}\" classifiedObject=\"{ss}\" id=\"{id}\"/>"
-    );
-    w.identifier(
-        SCHEME_SS_PATIENT,
-        ss,
-        &lot.patient_id,
-        "XDSSubmissionSet.patientId",
-    );
-    w.identifier(
-        SCHEME_SS_SOURCE,
-        ss,
-        &lot.source_id,
-        "XDSSubmissionSet.sourceId",
-    );
-    w.identifier(
-        SCHEME_SS_UNIQUE,
-        ss,
-        &lot.submission_set_unique_id,
-        "XDSSubmissionSet.uniqueId",
-    );
-    w.out.push_str("</RegistryPackage>");
+    w.submission_set(&SubmissionSet {
+        submission_time: lot.submission_time.clone(),
+        title: lot.submission_title.clone(),
+        comments: lot.submission_comments.clone(),
+        author: lot.author.clone(),
+        content_type: lot.content_type.clone(),
+        patient_id: lot.patient_id.clone(),
+        source_id: lot.source_id.clone(),
+        unique_id: lot.submission_set_unique_id.clone(),
+    });
     w.entry(KOS_ENTRY_ID, "application/dicom", lot, &lot.kos);
     w.entry(SIGNATURE_ENTRY_ID, "text/xml", lot, &lot.signature);
     let [a1, a2, a3, a4] = &lot.association_ids;

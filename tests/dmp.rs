@@ -171,6 +171,14 @@ fn wait_state(b: &DrimBox, label: &str, within: Duration) -> serde_json::Value {
 
 /// A box publishing to `sim`, with the ORU's study (6 images) and the ORU sent.
 fn publish_one(pki: &Path, sim: &Simulator) -> DrimBox {
+    publish_one_with_images(pki, sim).0
+}
+
+/// The same, keeping the images (for IOCM rejections later).
+fn publish_one_with_images(
+    pki: &Path,
+    sim: &Simulator,
+) -> (DrimBox, tempfile::TempDir, Vec<PathBuf>) {
     let b = DrimBox::start(Settings {
         stable_after_seconds: 1,
         extra_config: config(pki, sim.port),
@@ -207,7 +215,7 @@ fn publish_one(pki: &Path, sim: &Simulator) -> DrimBox {
         &fs::read(shared().join("ref/hl7/ORU_R01_K.hl7")).unwrap(),
     );
     assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
-    b
+    (b, images, files)
 }
 
 fn lot_dir(b: &DrimBox) -> PathBuf {
@@ -449,4 +457,114 @@ fn kill_9_of_the_publisher_while_sending_publishes_once() {
     assert!(kills > 0, "the publisher was never caught sending");
     let e = entries(&sim);
     assert_eq!(e.len(), 2, "exactly one KOS and one signature: {e:?}");
+}
+
+fn wait_lots(b: &DrimBox, label: &str, lots: u64) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let e = exams(b)
+            .into_iter()
+            .find(|e| e["study_uid"] == STUDY)
+            .unwrap();
+        if e["label"] == label && e["lots"] == lots {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {label} with {lots} lots: {e}\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn statuses(sim: &Simulator) -> Vec<String> {
+    let mut v: Vec<String> = entries(sim)
+        .iter()
+        .map(|e| e["status"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_deletion_report_withdraws_the_kos_and_the_history_stays() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    let sim = Simulator::start(pki.path(), &[]);
+    let b = publish_one(pki.path(), &sim);
+    wait_state(&b, "published", Duration::from_secs(40));
+    let ack = mllp_send(b.hl7_port, &oru_version("CA", "D", "id-deletion"));
+    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
+    wait_lots(&b, "withdrawn", 2);
+    // The KOS entry is Deleted (ITI-57); the signature entry is untouched.
+    assert_eq!(
+        statuses(&sim),
+        ["Approved", "Deleted"],
+        "{}",
+        sim.registry()
+    );
+    assert_eq!(
+        sim.registry()["requests"]["registry"].as_u64().unwrap() >= 2,
+        true
+    );
+    // The whole history is still there: the published lot and the withdrawal with its exchange.
+    let lots = b.data_dir.join("lots").join(STUDY);
+    assert!(lots.join("SS000001/KOS_1_1.DCM").is_file());
+    assert!(lots.join("SS000002/WITHDRAWAL.XML").is_file());
+    assert!(lots.join("SS000002/ITI57-1-request.xml").is_file());
+}
+
+#[test]
+fn iocm_rejections_replace_then_withdraw_the_kos() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    let sim = Simulator::start(pki.path(), &[]);
+    let (b, images, files) = publish_one_with_images(pki.path(), &sim);
+    wait_state(&b, "published", Duration::from_secs(40));
+
+    // Two images rejected: the KOS is replaced by one listing the four others.
+    let note = images.path().join("note1.dcm");
+    let mut args = vec![
+        "rejection".to_string(),
+        note.display().to_string(),
+        "113001".into(),
+    ];
+    args.extend(files[..2].iter().map(|f| f.display().to_string()));
+    let o = pyscu(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(storescu_files(b.port, &[], std::slice::from_ref(&note))
+        .status
+        .success());
+    wait_lots(&b, "published", 2);
+    let kos = b
+        .data_dir
+        .join("lots")
+        .join(STUDY)
+        .join("SS000002/KOS_1_1.DCM");
+    let dump = run_ok(Command::new("dcmdump").arg(&kos));
+    assert_eq!(dump.matches("(0040,a040) CS [IMAGE]").count(), 4, "{dump}");
+    assert_eq!(
+        statuses(&sim),
+        ["Approved", "Approved", "Approved", "Deprecated"]
+    );
+
+    // The rest rejected too: nothing left to show, the KOS is withdrawn.
+    let note = images.path().join("note2.dcm");
+    let mut args = vec![
+        "rejection".to_string(),
+        note.display().to_string(),
+        "113001".into(),
+    ];
+    args.extend(files[2..].iter().map(|f| f.display().to_string()));
+    let o = pyscu(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(storescu_files(b.port, &[], std::slice::from_ref(&note))
+        .status
+        .success());
+    wait_lots(&b, "withdrawn", 3);
+    assert_eq!(
+        statuses(&sim),
+        ["Approved", "Approved", "Deleted", "Deprecated"]
+    );
 }

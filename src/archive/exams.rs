@@ -44,8 +44,6 @@ pub fn next_work(
                 return send_material(layout, &uid, &rec, lot.clone())
                     .map(|w| Some(Work::Send(Box::new(w))));
             }
-            // Withdrawals need no lot (no document, no signature): the publisher's next step.
-            ExamState::Ready(NextAction::Unpublish { .. }) => {}
             ExamState::Ready(action) => {
                 return material(db, layout, &uid, rec, action)
                     .map(|w| Some(Work::Build(Box::new(w))));
@@ -75,13 +73,13 @@ fn send_material(
         .map(|(_, r)| r.file.clone())
         .ok_or_else(|| failure(FailureKind::Invalid, "the lot's report is gone"))?;
     let mut files = Vec::new();
-    for name in [
-        crate::lot::KOS_FILE,
-        crate::lot::SIGNATURE_FILE,
-        crate::lot::SUBMISSION_FILE,
-    ] {
+    // The lot's own files (not the exchanges kept beside them).
+    for name in &lot.files {
+        if name == crate::lot::METADATA_FILE {
+            continue;
+        }
         let bytes = read(format!("{}/{name}", lot.dir))?;
-        files.push((name.to_string(), crate::base64::encode(&bytes)));
+        files.push((name.clone(), crate::base64::encode(&bytes)));
     }
     Ok(SendWork {
         study_uid: uid.to_string(),
@@ -139,7 +137,17 @@ fn material(
     rec: ExamRecord,
     action: NextAction,
 ) -> Result<ExamWork, ArchiveFailure> {
-    let report_key = action.report_key().unwrap_or_default().to_string();
+    // A withdrawal names no report: the latest one (a deletion message, usually) speaks for it.
+    let report_key = match action.report_key() {
+        Some(k) => k.to_string(),
+        None => rec
+            .inputs
+            .reports
+            .iter()
+            .max_by_key(|r| r.received_ms)
+            .map(|r| r.key.clone())
+            .unwrap_or_default(),
+    };
     let report = rec
         .inputs
         .reports
@@ -187,6 +195,11 @@ fn material(
             .lots
             .iter()
             .find(|l| l.facts.seq == *replaces_seq)
+            .cloned(),
+        NextAction::Unpublish { withdraws_seq, .. } => rec
+            .lots
+            .iter()
+            .find(|l| l.facts.seq == *withdraws_seq)
             .cloned(),
         _ => None,
     };
@@ -239,12 +252,13 @@ pub fn record_lot(
     let still = match assess(&rec.inputs, policy) {
         ExamState::Ready(a) => {
             a.lot_action() == new.action
-                && a.report_key() == Some(new.report_key.as_str())
-                && rec
-                    .inputs
-                    .study
-                    .as_ref()
-                    .is_some_and(|s| s.images_digest == new.images_digest)
+                && a.report_key().is_none_or(|k| k == new.report_key)
+                && (new.action == crate::exam::LotAction::Unpublish
+                    || rec
+                        .inputs
+                        .study
+                        .as_ref()
+                        .is_some_and(|s| s.images_digest == new.images_digest))
         }
         _ => false,
     };

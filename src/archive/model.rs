@@ -229,7 +229,7 @@ pub struct SendWork {
     pub lot: LotRow,
     /// The report message the lot was built from (for the VIHF), base64.
     pub report_base64: String,
-    /// `KOS_1_1.DCM`, `SIGN_1.XML`, `SUBMISSION.XML`, base64.
+    /// `KOS_1_1.DCM`, `SIGN_1.XML`, `SUBMISSION.XML` (or `WITHDRAWAL.XML`), base64.
     pub files: Vec<(String, String)>,
 }
 

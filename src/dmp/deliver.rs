@@ -129,6 +129,9 @@ fn file(work: &SendWork, name: &str) -> Result<Vec<u8>, String> {
 
 /// Moves one lot on by one network exchange (or two: a settling query, then the send).
 pub fn deliver(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<LotStatus, String> {
+    if work.lot.facts.action == crate::exam::LotAction::Unpublish {
+        return withdraw(dmp, work, effects);
+    }
     let mut d = work.lot.delivery.clone();
     let kos_uid = work.lot.kos_sop_uid.clone();
     let vihf = vihf_for(dmp, work, effects)?;
@@ -255,6 +258,89 @@ pub fn deliver(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<
                     response::Outcome::Refused { status, errors } => {
                         d.errors = errors.into_iter().map(|e| (e.code, e.context)).collect();
                         d.last_error = Some(format!("the DMP refused the lot ({status})"));
+                        (LotStatus::Refused, kept)
+                    }
+                    response::Outcome::Fault { code, reason } => {
+                        retry(&mut d, format!("SOAP fault {code}: {reason}"), effects);
+                        (LotStatus::Sending, kept)
+                    }
+                },
+                Err(e) => {
+                    retry(&mut d, format!("HTTP {}: {e}", m.status()), effects);
+                    (LotStatus::Sending, kept)
+                }
+            }
+        }
+    };
+    effects.commit(Progress {
+        status,
+        delivery: d,
+        exchange,
+    })?;
+    Ok(status)
+}
+
+/// Sends a withdrawal (TD3.3c, ITI-57). A withdrawal in doubt is simply sent again: the
+/// registry refuses to withdraw an entry that is no longer Approved, and while our withdrawal
+/// is in flight nothing else of ours can change that entry, so that refusal means it was done.
+fn withdraw(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<LotStatus, String> {
+    let mut d = work.lot.delivery.clone();
+    let in_doubt = work.lot.facts.status == LotStatus::Sending;
+    let vihf = vihf_for(dmp, work, effects)?;
+    let body = String::from_utf8(file(work, crate::lot::WITHDRAWAL_FILE)?)
+        .map_err(|_| "WITHDRAWAL.XML is not UTF-8".to_string())?;
+    let message_id = effects.new_uuid();
+    let request = soap::envelope(
+        &message_id,
+        &dmp.registry_url,
+        soap::ACTION_UPDATE,
+        &vihf,
+        &body,
+    );
+    d.attempts += 1;
+    d.message_id = Some(message_id.clone());
+    d.last_error = None;
+    let n = d.attempts;
+    effects.commit(Progress {
+        status: LotStatus::Sending,
+        delivery: d.clone(),
+        exchange: vec![(
+            format!("ITI57-{n}-request.xml"),
+            request.clone().into_bytes(),
+        )],
+    })?;
+    let answer = http::post(
+        &dmp.registry_url,
+        "application/soap+xml; charset=UTF-8; action=\"urn:ihe:iti:2010:UpdateDocumentSet\"",
+        request.as_bytes(),
+        dmp.tls.clone(),
+        dmp.timeout,
+    );
+    let retry = |d: &mut Delivery, error: String, effects: &dyn Effects| {
+        d.last_error = Some(error);
+        d.next_attempt_ms = effects.now_ms() + backoff_ms(d.attempts, jitter(effects));
+    };
+    let (status, exchange) = match answer {
+        Err(e) => {
+            retry(&mut d, e.to_string(), effects);
+            (LotStatus::Sending, Vec::new())
+        }
+        Ok(m) => {
+            let kept = vec![(format!("ITI57-{n}-response.http"), m.body.clone())];
+            match response::read(&answer_xml(&m), &message_id) {
+                Ok(a) => match a.outcome {
+                    response::Outcome::Success => {
+                        d.accepted_ms = Some(effects.now_ms());
+                        (LotStatus::Accepted, kept)
+                    }
+                    response::Outcome::Refused { .. } if in_doubt => {
+                        d.accepted_ms = Some(effects.now_ms());
+                        d.last_error = Some("already withdrawn (settled)".into());
+                        (LotStatus::Accepted, kept)
+                    }
+                    response::Outcome::Refused { status, errors } => {
+                        d.errors = errors.into_iter().map(|e| (e.code, e.context)).collect();
+                        d.last_error = Some(format!("the DMP refused the withdrawal ({status})"));
                         (LotStatus::Refused, kept)
                     }
                     response::Outcome::Fault { code, reason } => {

@@ -112,7 +112,14 @@ pub fn withdraw(
     entry_uuid: &str,
     association_id: &str,
 ) -> String {
-    let body = format!(
+    let body = withdraw_body(submission_set, entry_uuid, association_id);
+    envelope(message_id, to, ACTION_UPDATE, vihf, &body)
+}
+
+/// The body of an ITI-57 withdrawal (archived as the withdrawal's lot; the envelope and its
+/// VIHF are made when it is sent).
+pub fn withdraw_body(submission_set: &str, entry_uuid: &str, association_id: &str) -> String {
+    format!(
         "<lcm:SubmitObjectsRequest xmlns:lcm=\"{NS_LCM}\" xmlns=\"{NS_RIM}\"><RegistryObjectList>{submission_set}\
          <Association associationType=\"urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus\" \
          id=\"{}\" sourceObject=\"SubmissionSet01\" targetObject=\"{}\">\
@@ -121,8 +128,7 @@ pub fn withdraw(
          </Association></RegistryObjectList></lcm:SubmitObjectsRequest>",
         escape(association_id),
         escape(entry_uuid)
-    );
-    envelope(message_id, to, ACTION_UPDATE, vihf, &body)
+    )
 }
 
 #[cfg(test)]
