@@ -10,8 +10,10 @@
 //! INS OID, the same on the submission set and every entry; the lot signature verifies (our
 //! XMLDSig verifier, key of the embedded certificate) and its Manifest's digest of each
 //! document matches the part; an RPLC names an Approved entry of the registry.
-//! Not checked: the certificate chain and validity dates (an X.509 path validation the box does
-//! not need; `xmlsec1` does it in the tests), the VIHF signature (next step).
+//! With `verify_vihf`, the VIHF's enveloped signature too (the agency's sample redacted its
+//! certificate, so its own VIHF cannot be checked: the sample test turns this off).
+//! Not checked: the certificate chains and validity dates (an X.509 path validation the box
+//! does not need; `xmlsec1` does it in the tests).
 
 use std::collections::BTreeMap;
 
@@ -30,6 +32,7 @@ const NS_WSSE: &str =
     "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
 const NS_SAML: &str = "urn:oasis:names:tc:SAML:2.0:assertion";
 const NS_WSA: &str = "http://www.w3.org/2005/08/addressing";
+const NS_DS: &str = "http://www.w3.org/2000/09/xmldsig#";
 const SCHEME_DE_PATIENT: &str = "urn:uuid:58a6f841-87b3-4a3e-92fd-a8ffeff98427";
 const SCHEME_DE_UNIQUE: &str = "urn:uuid:2e82c1f6-a085-4c72-9da3-8640a32e42ab";
 const SCHEME_SS_PATIENT: &str = "urn:uuid:6b5aea1a-874d-4603-a4bc-96a0a7b38446";
@@ -173,12 +176,36 @@ pub fn message_id_of(content_type: &str, body: &[u8]) -> Option<String> {
         .map(|n| doc.text(*n).trim().to_string())
 }
 
+/// Why the VIHF's signature does not hold, if it does not: it must verify (key of its
+/// certificate) and sign the Assertion itself.
+pub fn vihf_problem(doc: &Document, security: NodeId) -> Option<String> {
+    let assertion = *descendants(doc, security, NS_SAML, "Assertion").first()?;
+    let signature = *descendants(doc, assertion, NS_DS, "Signature").first()?;
+    let options = crate::xml::dsig::VerifyOptions {
+        id_attribute: "ID".into(),
+        certificate: None,
+    };
+    match crate::xml::dsig::verify_signature(doc, signature, &options) {
+        Ok(report) if report.is_valid() => {
+            let id = doc.element(assertion).and_then(|e| e.attribute("ID"))?;
+            let signs_assertion = report.references.iter().any(|r| r.uri == format!("#{id}"));
+            (!signs_assertion).then(|| "the VIHF signature does not sign the assertion".into())
+        }
+        Ok(report) => Some(format!(
+            "the VIHF signature does not verify: {}",
+            report.error().map(|e| e.to_string()).unwrap_or_default()
+        )),
+        Err(e) => Some(format!("the VIHF signature cannot be read: {e}")),
+    }
+}
+
 /// Judges an ITI-41 request. `Ok` when the DMP would record it; `Err` with the errors to
 /// answer in a Failure otherwise.
 pub fn check_provide_and_register(
     content_type: &str,
     body: &[u8],
     registry: &Registry,
+    verify_vihf: bool,
 ) -> Result<Accepted, Vec<RegistryError>> {
     let refuse = |code: &str, context: String, location: &str| vec![error(code, context, location)];
     let multipart = mtom::parse(content_type, body)
@@ -222,6 +249,10 @@ pub fn check_provide_and_register(
             "no VIHF assertion in the WS-Security header",
             "Security",
         ));
+    } else if verify_vihf {
+        if let Some(e) = vihf_problem(&doc, security[0]) {
+            errors.push(error("XDSRegistryError", e, "Security"));
+        }
     }
     let Some(request) = descendants(&doc, top, NS_XDSB, "ProvideAndRegisterDocumentSetRequest")
         .first()
@@ -568,7 +599,7 @@ pub(crate) mod tests {
     #[test]
     fn the_agencys_accepted_request_is_accepted() {
         let (ct, body) = agency_request();
-        let accepted = check_provide_and_register(&ct, &body, &Registry::default())
+        let accepted = check_provide_and_register(&ct, &body, &Registry::default(), false)
             .unwrap_or_else(|e| panic!("{e:#?}"));
         assert_eq!(
             accepted.message_id,
@@ -591,7 +622,7 @@ pub(crate) mod tests {
             format!("urn:uuid:00000000-0000-4000-8000-00000000000{n}")
         });
         assert_eq!(registry.entries.len(), 2);
-        let again = check_provide_and_register(&ct, &body, &registry).unwrap_err();
+        let again = check_provide_and_register(&ct, &body, &registry, false).unwrap_err();
         assert!(again
             .iter()
             .any(|e| e.context.contains("already registered")));
@@ -623,9 +654,13 @@ pub(crate) mod tests {
 
         let mut bad_kos = kos.clone();
         bad_kos[4000] ^= 1;
-        let e =
-            check_provide_and_register(&ct, &rebuild(bad_kos, sig.clone()), &Registry::default())
-                .unwrap_err();
+        let e = check_provide_and_register(
+            &ct,
+            &rebuild(bad_kos, sig.clone()),
+            &Registry::default(),
+            false,
+        )
+        .unwrap_err();
         assert!(
             e.iter().any(|e| e.context.contains("DocumentKOS: hash")),
             "{e:#?}"
@@ -643,6 +678,7 @@ pub(crate) mod tests {
             &ct,
             &rebuild(kos.clone(), tampered.into_bytes()),
             &Registry::default(),
+            false,
         )
         .unwrap_err();
         assert!(
@@ -662,7 +698,7 @@ pub(crate) mod tests {
             body: wrong.into_bytes(),
         };
         let body = mtom::build("MIMEBoundary_Bound", &root, ACTION_PNR, &m.parts[1..]);
-        let e = check_provide_and_register(&ct, &body, &Registry::default()).unwrap_err();
+        let e = check_provide_and_register(&ct, &body, &Registry::default(), false).unwrap_err();
         assert!(
             e.iter().all(|e| e.code == "XDSPatientIdDoesNotMatch"),
             "{e:#?}"

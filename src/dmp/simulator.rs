@@ -212,7 +212,8 @@ fn handle(shared: &Shared, request: &http::Message) -> Reply {
                 ),
             );
         }
-        let verdict = sim::check_provide_and_register(content_type, &request.body, &state.registry);
+        let verdict =
+            sim::check_provide_and_register(content_type, &request.body, &state.registry, true);
         let errors = match verdict {
             Ok(accepted) => {
                 let mut n = state.next_entry;

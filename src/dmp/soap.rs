@@ -167,6 +167,7 @@ mod tests {
             &ct2,
             &body2,
             &crate::dmp::sim::Registry::default(),
+            false, // the agency's VIHF, redacted: its signature cannot be checked
         )
         .unwrap_or_else(|e| panic!("{e:#?}"));
         assert_eq!(
