@@ -56,7 +56,11 @@ impl Role {
             Request::NextWork { .. } | Request::RecordLot(_) | Request::LotProgress(_) => {
                 self == Role::Publisher
             }
-            Request::Ping | Request::Summary | Request::Study { .. } | Request::Exams => true,
+            Request::Ping
+            | Request::Summary
+            | Request::Study { .. }
+            | Request::Exams
+            | Request::Exam { .. } => true,
         }
     }
 }
@@ -82,6 +86,10 @@ pub enum Request {
     },
     /// Every exam with its state (UIDs, states and reasons only).
     Exams,
+    /// One exam's history: reports, lots, deliveries (no patient data).
+    Exam {
+        study_uid: String,
+    },
     /// The next exam whose lot must be built, with everything needed to build it; exams in
     /// `skip` (the publisher failed on them recently) are passed over.
     NextWork {
@@ -106,6 +114,7 @@ pub enum Response {
     Summary(crate::archive::model::Summary),
     Study(Option<crate::archive::model::StudyView>),
     Exams(Vec<crate::archive::model::ExamView>),
+    Exam(Option<Box<crate::archive::model::ExamHistory>>),
     Work(Option<crate::archive::model::Work>),
     LotRecorded { seq: u32 },
     ProgressRecorded,

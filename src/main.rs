@@ -58,10 +58,20 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Every exam and where it stands (awaiting images, on hold and why, lot built, …), as JSON.
+    /// Every exam and where it stands (awaiting images, on hold and why, published, …).
     Exams {
         #[command(flatten)]
         target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One exam's history: its reports, its lots and their deliveries to the DMP.
+    Exam {
+        study_uid: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
     },
     /// Export an exam's archived lots as an IHE XDM medium (a zip).
     Export {
@@ -199,7 +209,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Service { name, config } => service(&name, &config),
         Cmd::Status { target, json } => status(&target, json),
         Cmd::Study { study_uid, target } => study(&target, &study_uid),
-        Cmd::Exams { target } => exams(&target),
+        Cmd::Exams { target, json } => exams(&target, json),
+        Cmd::Exam {
+            study_uid,
+            target,
+            json,
+        } => exam(&target, &study_uid, json),
         Cmd::DmpSim {
             listen,
             certificate,
@@ -417,12 +432,95 @@ fn study(target: &Target, study_uid: &str) -> Result<ExitCode> {
     }
 }
 
-fn exams(target: &Target) -> Result<ExitCode> {
+fn exams(target: &Target, json: bool) -> Result<ExitCode> {
     let mut client = reader(target)?;
     let Response::Exams(v) = client.call(&Request::Exams)? else {
         bail!("unexpected answer from the archive");
     };
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if v.is_empty() {
+        println!("no exam yet");
+    } else {
+        println!(
+            "{:<64}  {:<20}  {:>6}  {:>4}  why",
+            "study", "state", "images", "lots"
+        );
+        for e in &v {
+            println!(
+                "{:<64}  {:<20}  {:>6}  {:>4}  {}",
+                e.study_uid,
+                e.label,
+                e.images,
+                e.lots,
+                e.reason.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exam(target: &Target, study_uid: &str, json: bool) -> Result<ExitCode> {
+    let mut client = reader(target)?;
+    let Response::Exam(h) = client.call(&Request::Exam {
+        study_uid: study_uid.to_string(),
+    })?
+    else {
+        bail!("unexpected answer from the archive");
+    };
+    let Some(h) = h else {
+        eprintln!("no exam {study_uid} in the archive");
+        return Ok(ExitCode::from(3));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&h)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let t = drimbox::status::rfc3339;
+    println!("exam {study_uid}: {}", h.exam.label);
+    if let Some(r) = &h.exam.reason {
+        println!("  why: {r}");
+    }
+    println!("  images: {}", h.exam.images);
+    for r in &h.reports {
+        println!(
+            "  report  {}  {}  {}",
+            t(r.received_ms),
+            r.message_type,
+            r.action
+        );
+    }
+    for l in &h.lots {
+        println!(
+            "  lot {}  {:?}  {:?}  built {}  KOS {}",
+            l.seq,
+            l.action,
+            l.status,
+            t(l.built_ms),
+            l.kos_sop_uid
+        );
+        let d = &l.delivery;
+        if d.attempts > 0 {
+            println!(
+                "          sent {} time(s){}{}{}",
+                d.attempts,
+                d.accepted_ms
+                    .map(|a| format!(", accepted {}", t(a)))
+                    .unwrap_or_default(),
+                d.entry_uuid
+                    .as_ref()
+                    .map(|u| format!(", entry {u}"))
+                    .unwrap_or_default(),
+                d.last_error
+                    .as_ref()
+                    .map(|e| format!(", last: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        for (code, context) in &d.errors {
+            println!("          DMP error {code}: {context}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

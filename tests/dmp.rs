@@ -145,7 +145,7 @@ fn config(pki: &Path, port: u16) -> String {
 
 fn exams(b: &DrimBox) -> Vec<serde_json::Value> {
     let o = Command::new(bin())
-        .args(["exams", "--config"])
+        .args(["exams", "--json", "--config"])
         .arg(b.dir.path().join("drimbox.toml"))
         .output()
         .unwrap();
@@ -510,6 +510,20 @@ fn a_deletion_report_withdraws_the_kos_and_the_history_stays() {
     assert!(lots.join("SS000001/KOS_1_1.DCM").is_file());
     assert!(lots.join("SS000002/WITHDRAWAL.XML").is_file());
     assert!(lots.join("SS000002/ITI57-1-request.xml").is_file());
+    // `drimbox exam` tells that story, without patient data.
+    let out = run_ok(
+        Command::new(bin())
+            .args(["exam", STUDY, "--config"])
+            .arg(b.dir.path().join("drimbox.toml")),
+    );
+    assert!(
+        out.contains("exam 1.2.250.1.213.4.5.2.1.112: withdrawn"),
+        "{out}"
+    );
+    assert!(out.contains("lot 1  Publish  Accepted"), "{out}");
+    assert!(out.contains("lot 2  Unpublish  Accepted"), "{out}");
+    assert!(out.contains("ORU^R01  delete"), "{out}");
+    assert!(!out.contains("PAT-TROIS") && !out.contains(INS), "{out}");
 }
 
 #[test]

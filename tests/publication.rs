@@ -155,7 +155,7 @@ fn study(
 
 fn exams(b: &DrimBox) -> Vec<serde_json::Value> {
     let o = Command::new(bin())
-        .args(["exams", "--config"])
+        .args(["exams", "--json", "--config"])
         .arg(b.dir.path().join("drimbox.toml"))
         .output()
         .unwrap();

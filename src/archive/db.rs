@@ -285,6 +285,55 @@ impl Db {
         Ok(Some(rec))
     }
 
+    /// One exam's history (None when nothing names it).
+    pub fn exam_history(
+        &self,
+        study_uid: &str,
+        policy: &crate::exam::Policy,
+    ) -> Result<Option<super::model::ExamHistory>, DbError> {
+        use super::model::{ExamHistory, LotLine, ReportLine};
+        let Some(rec) = self.exam(study_uid)? else {
+            return Ok(None);
+        };
+        let state = crate::exam::assess(&rec.inputs, policy);
+        let mut reports: Vec<ReportLine> = rec
+            .reports
+            .iter()
+            .map(|r| ReportLine {
+                received_ms: r.received_ms,
+                message_type: r.facts.message_type.clone(),
+                action: r.facts.action.clone(),
+            })
+            .collect();
+        reports.sort_by_key(|r| r.received_ms);
+        Ok(Some(ExamHistory {
+            exam: ExamView {
+                study_uid: study_uid.to_string(),
+                label: state.label().to_string(),
+                reason: state.reason().map(str::to_string),
+                state,
+                images: rec.images.len() as u32,
+                reports: rec.reports.len() as u32,
+                lots: rec.lots.len() as u32,
+                updated_ms: rec.updated_ms,
+            },
+            reports,
+            lots: rec
+                .lots
+                .iter()
+                .map(|l| LotLine {
+                    seq: l.facts.seq,
+                    action: l.facts.action,
+                    status: l.facts.status,
+                    kos_sop_uid: l.kos_sop_uid.clone(),
+                    built_ms: l.built_ms,
+                    dir: l.dir.clone(),
+                    delivery: l.delivery.clone(),
+                })
+                .collect(),
+        }))
+    }
+
     /// Study UIDs of every exam: studies with images, and those only reports name.
     pub fn exam_uids(&self) -> Result<Vec<String>, DbError> {
         let txn = self.read()?;

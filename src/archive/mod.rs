@@ -249,6 +249,10 @@ fn answer(
     policy: &crate::exam::Policy,
 ) -> Response {
     match request {
+        Request::Exam { study_uid } => match db.exam_history(&study_uid, policy) {
+            Ok(h) => Response::Exam(h.map(Box::new)),
+            Err(e) => Response::Error(db_failure(e)),
+        },
         Request::Exams => match db.exams(policy) {
             Ok(v) => Response::Exams(v),
             Err(e) => Response::Error(db_failure(e)),

@@ -203,6 +203,32 @@ pub struct ExamView {
     pub updated_ms: i64,
 }
 
+/// One exam's whole history, for `drimbox exam`: UIDs, states, times, codes; no patient data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExamHistory {
+    pub exam: ExamView,
+    pub reports: Vec<ReportLine>,
+    pub lots: Vec<LotLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportLine {
+    pub received_ms: i64,
+    pub message_type: String,
+    pub action: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LotLine {
+    pub seq: u32,
+    pub action: crate::exam::LotAction,
+    pub status: crate::exam::LotStatus,
+    pub kos_sop_uid: String,
+    pub built_ms: i64,
+    pub dir: String,
+    pub delivery: Delivery,
+}
+
 /// Study- and series-level attributes the KOS repeats, read from the stored images.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StudyAttributes {
