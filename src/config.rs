@@ -595,7 +595,7 @@ impl Config {
              port = {dicom_port}\n\
              ae_title = {ae_title:?}\n\n\
              [archive]\n\
-             stable_after_seconds = 60\n\n\
+             stable_after_seconds = 10\n\n\
              [hl7]\n\
              listen = \"127.0.0.1\"\n\
              port = {hl7_port}\n\n\
@@ -679,6 +679,15 @@ impl Reader {
         let lps_id = text(self, &mut t, "lps_id", "");
         let lps_version = text(self, &mut t, "lps_version", env!("CARGO_PKG_VERSION"));
         let lps_homologation = text(self, &mut t, "lps_homologation", "");
+        // The VIHF carries both; the DMP refuses a request without them.
+        for (key, v) in [
+            ("dmp.lps_id", &lps_id),
+            ("dmp.lps_homologation", &lps_homologation),
+        ] {
+            if v.trim().is_empty() {
+                self.problem(key, "is required (the VIHF's LPS identification)");
+            }
+        }
         let roles = self.opt_str_list(&mut t, k, "roles").unwrap_or_default();
         for (i, r) in roles.iter().enumerate() {
             if r.split('^').count() != 3 {

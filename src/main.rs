@@ -38,6 +38,12 @@ enum Cmd {
         status_port: u16,
         #[arg(long, default_value_t = 2575)]
         hl7_port: u16,
+        /// Port of the DMP simulator the demo starts and publishes to.
+        #[arg(long, default_value_t = 8443)]
+        dmp_port: u16,
+        /// Do not start the DMP simulator (lots are then built and kept, not sent).
+        #[arg(long)]
+        no_dmp: bool,
     },
     /// Configuration tools.
     Config {
@@ -205,7 +211,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ae_title,
             status_port,
             hl7_port,
-        } => demo(&dir, dicom_port, &ae_title, status_port, hl7_port),
+            dmp_port,
+            no_dmp,
+        } => demo(
+            &dir,
+            dicom_port,
+            &ae_title,
+            status_port,
+            hl7_port,
+            (!no_dmp).then_some(dmp_port),
+        ),
         Cmd::Service { name, config } => service(&name, &config),
         Cmd::Status { target, json } => status(&target, json),
         Cmd::Study { study_uid, target } => study(&target, &study_uid),
@@ -287,19 +302,132 @@ fn supervise(config_path: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The demo's test PKI, minted once with openssl: a CA, the simulator's server certificate and
+/// the practice's certificate (signing and authentication) in a PKCS#12.
+fn demo_pki(pki: &Path) -> Result<()> {
+    if pki.join("practice.p12").is_file() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(pki).with_context(|| format!("creating {}", pki.display()))?;
+    let openssl = |args: &[&str]| -> Result<()> {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(pki)
+            .output()
+            .context("running openssl (apt-get install openssl, or use --no-dmp)")?;
+        if !o.status.success() {
+            bail!(
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(())
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "365",
+        "-subj",
+        "/CN=DRIMbox demo CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ])?;
+    for (who, subject, ext) in [
+        ("dmp-sim", "/CN=DMP simulator", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        (
+            "practice",
+            "/C=FR/O=CABINET DEMO/OU=499700367909006/CN=DRIMbox",
+            "keyUsage=critical,digitalSignature,nonRepudiation,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        ),
+    ] {
+        std::fs::write(pki.join(format!("{who}.ext")), ext)?;
+        openssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout",
+            &format!("{who}.key"), "-out", &format!("{who}.csr"),
+        ])?;
+        openssl(&[
+            "x509", "-req", "-in", &format!("{who}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "365", "-out", &format!("{who}.pem"), "-extfile",
+            &format!("{who}.ext"),
+        ])?;
+    }
+    openssl(&[
+        "pkcs12",
+        "-export",
+        "-inkey",
+        "practice.key",
+        "-in",
+        "practice.pem",
+        "-out",
+        "practice.p12",
+        "-passout",
+        "pass:demo",
+    ])?;
+    std::fs::write(pki.join("practice.pass"), "demo\n")?;
+    Ok(())
+}
+
 fn demo(
     dir: &Path,
     dicom_port: u16,
     ae_title: &str,
     status_port: u16,
     hl7_port: u16,
+    dmp_port: Option<u16>,
 ) -> Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
     let config_path = dir.join("drimbox.toml");
-    let text = Config::demo_text(&dir, dicom_port, ae_title, status_port, hl7_port);
+    let mut text = Config::demo_text(&dir, dicom_port, ae_title, status_port, hl7_port);
+    let pki = dir.join("pki");
+    let mut simulator = None;
+    if let Some(port) = dmp_port {
+        demo_pki(&pki)?;
+        let p = |n: &str| format!("{:?}", pki.join(n).display().to_string());
+        text += &format!(
+            "\n# The demo's DMP: `drimbox dmp-sim` on 127.0.0.1:{port}, with the test PKI in pki/.\n\
+             [publication]\nwado_base_url = \"https://127.0.0.1/wado\"\nuid_root = \"1.2.250.1.999.1\"\n\
+             institution_name = \"Cabinet de radiologie (demo)\"\n\
+             content_type = {{ code = \"07\", scheme = \"1.2.250.1.213.2.2\", display = \"Consultation externe\" }}\n\
+             [publication.signing]\npkcs12 = {}\npassword_file = {}\n\
+             [dmp]\nurl = \"https://127.0.0.1:{port}/si-dmp-server/v2/services\"\ntrust_anchors = {}\n\
+             pkcs12 = {}\npassword_file = {}\nlps_id = \"DEMO\"\nlps_homologation = \"DEMO-HOMOLOGATION\"\n\
+             roles = [\"10^1.2.250.1.71.1.2.7^Medecin\", \"SM44^1.2.250.1.71.4.2.5^Radio-diagnostic (SM)\"]\n",
+            p("practice.p12"),
+            p("practice.pass"),
+            p("ca.pem"),
+            p("practice.p12"),
+            p("practice.pass"),
+        );
+        let exe = std::env::current_exe().context("locating the drimbox binary")?;
+        let child = std::process::Command::new(exe)
+            .args(["dmp-sim", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--certificate")
+            .arg(pki.join("dmp-sim.pem"))
+            .arg("--private-key")
+            .arg(pki.join("dmp-sim.key"))
+            .arg("--client-ca")
+            .arg(pki.join("ca.pem"))
+            .arg("--state")
+            .arg(dir.join("dmp-registry.json"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting the DMP simulator")?;
+        simulator = Some(child);
+    }
     if let Err(problems) = Config::parse(&text) {
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         bail!("invalid demo settings: {}", list.join("; "));
@@ -326,8 +454,20 @@ fn demo(
         config.status.port,
         dir.display()
     );
+    if let Some(port) = dmp_port {
+        println!(
+            "  DMP simulator : https://127.0.0.1:{port}/ (client certificates, test PKI in {}); registry in {}",
+            pki.display(),
+            dir.join("dmp-registry.json").display()
+        );
+    }
     println!("  stop with Ctrl-C");
-    supervise(&config_path)
+    let result = supervise(&config_path);
+    if let Some(mut child) = simulator {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    result
 }
 
 fn service(name: &str, config_path: &Path) -> Result<ExitCode> {

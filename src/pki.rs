@@ -190,6 +190,16 @@ impl Certificate {
             .map_err(|e| CertificateError::NotRsa(e.to_string()))
     }
 
+    /// End of validity (notAfter), seconds since the epoch.
+    pub fn not_after_unix(&self) -> i64 {
+        self.cert
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs() as i64
+    }
+
     /// The parsed structure, for callers that check more (validity, extensions).
     pub fn x509(&self) -> &x509_cert::Certificate {
         &self.cert

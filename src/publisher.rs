@@ -401,6 +401,24 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
         }
     };
     log::info!("publisher ready");
+    // Days left on the certificates the publisher holds, for the status page (0: expired).
+    let days_left = |c: &crate::pki::Certificate| -> u64 {
+        let left = c.not_after_unix() - crate::archive::now_ms() / 1000;
+        if left <= 0 {
+            0
+        } else {
+            (left as u64).div_ceil(86_400)
+        }
+    };
+    let signing_days = ready
+        .as_ref()
+        .map(|(_, signer, _)| days_left(signer.identity.certificate()));
+    let dmp_days = match (&config.dmp, &ready) {
+        (Some(d), Some(_)) => load_identity(&d.pkcs12, &d.password_file)
+            .ok()
+            .map(|i| days_left(i.certificate())),
+        _ => None,
+    };
     let mut built = 0u64;
     let mut failed = 0u64;
     let mut published = 0u64;
@@ -420,7 +438,10 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
                 ("lots_refused".to_string(), refused),
                 ("delivery_retries".to_string(), retries),
             ]
-            .into()
+            .into_iter()
+            .chain(signing_days.map(|d| ("signing_certificate_days_left".to_string(), d)))
+            .chain(dmp_days.map(|d| ("dmp_authentication_certificate_days_left".to_string(), d)))
+            .collect()
         });
         let Some((settings, signer, dmp)) = &ready else {
             std::thread::sleep(Duration::from_millis(200));

@@ -579,3 +579,88 @@ fn iocm_rejections_replace_then_withdraw_the_kos() {
         ["Approved", "Approved", "Deleted", "Deprecated"]
     );
 }
+
+#[test]
+fn the_demo_publishes_to_its_own_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dicom, status, hl7, dmp) = (free_port(), free_port(), free_port(), free_port());
+    let mut child = Command::new(bin())
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .args(["--dicom-port", &dicom.to_string()])
+        .args(["--status-port", &status.to_string()])
+        .args(["--hl7-port", &hl7.to_string()])
+        .args(["--dmp-port", &dmp.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !echoscu(dicom, "DRIMBOX", &[]).status.success() {
+        assert!(Instant::now() < deadline, "demo never answered C-ECHO");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let images = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("python3")
+            .arg(shared().join("bench/gen_study.py"))
+            .arg("--out")
+            .arg(images.path())
+            .args(["--count", "3", "--rows", "16", "--cols", "16"])
+            .args([
+                "--seed",
+                "demo",
+                "--patient-id",
+                INS,
+                "--accession",
+                "ACN112",
+            ]),
+    );
+    let files = files_in(images.path());
+    let mut m = Command::new("dcmodify");
+    m.args(["-nb", "-m"])
+        .arg(format!("(0020,000d)={STUDY}"))
+        .args(&files);
+    run_ok(&mut m);
+    assert!(storescu_files(dicom, &[], &files).status.success());
+    let ack = mllp_send(
+        hl7,
+        &fs::read(shared().join("ref/hl7/ORU_R01_K.hl7")).unwrap(),
+    );
+    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
+    // The demo's studies are stable after 10 s of quiet; then built, sent, published.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = Command::new(bin())
+            .args(["exams", "--json", "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if v.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|e| e["study_uid"] == STUDY && e["label"] == "published")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the demo never published: {v}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let registry: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.path().join("dmp-registry.json")).unwrap()).unwrap();
+    assert_eq!(
+        registry["registry"]["entries"].as_object().unwrap().len(),
+        2
+    );
+    let (code, page) = http_get(status, "/");
+    assert_eq!(code, 200);
+    assert!(page.contains("1 published"), "{page}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let mut banner = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut banner).unwrap();
+    assert!(banner.contains("DMP simulator"), "{banner}");
+    // The simulator went with it.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", dmp)).is_err());
+}

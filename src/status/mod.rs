@@ -199,6 +199,18 @@ pub fn judge(
                     ServiceState::Restarting => degraded.push(format!("{} is restarting", s.name)),
                     ServiceState::Starting => degraded.push(format!("{} is starting", s.name)),
                 }
+                // Services report their certificates' remaining days as `<what>_certificate_days_left`.
+                for (name, days) in &s.counters {
+                    if let Some(what) = name.strip_suffix("_certificate_days_left") {
+                        let what = what.replace('_', " ");
+                        if *days == 0 {
+                            failing.push(format!("the {what} certificate has expired"));
+                        } else if *days <= CERTIFICATE_WARN_DAYS {
+                            degraded
+                                .push(format!("the {what} certificate expires in {days} day(s)"));
+                        }
+                    }
+                }
             }
         }
     }
@@ -345,6 +357,9 @@ pub fn rfc3339(ms: i64) -> String {
         sod % 60
     )
 }
+
+/// A certificate this close to its end turns the verdict to degraded (time to renew it).
+pub const CERTIFICATE_WARN_DAYS: u64 = 30;
 
 /// Most concurrent HTTP connections; beyond, new ones get 503 at once.
 const MAX_CONNECTIONS: usize = 16;
@@ -542,6 +557,31 @@ mod tests {
             used_percent: used,
             warn_percent: 85.0,
         }
+    }
+
+    #[test]
+    fn certificates_near_their_end_are_reported() {
+        let now = 1_000_000;
+        let mut h = health(now, &[("publisher", ServiceState::Ready)]);
+        h.services[0]
+            .counters
+            .insert("signing_certificate_days_left".into(), 12);
+        h.services[0]
+            .counters
+            .insert("dmp_authentication_certificate_days_left".into(), 400);
+        let a = ArchiveCounters::default();
+        let (v, r) = judge(now, Some(&h), Some(&a), Some(&disk(10.0)));
+        assert_eq!(v, Verdict::Degraded);
+        assert_eq!(
+            r,
+            vec!["the signing certificate expires in 12 day(s)".to_string()]
+        );
+        h.services[0]
+            .counters
+            .insert("signing_certificate_days_left".into(), 0);
+        let (v, r) = judge(now, Some(&h), Some(&a), Some(&disk(10.0)));
+        assert_eq!(v, Verdict::Failing);
+        assert_eq!(r, vec!["the signing certificate has expired".to_string()]);
     }
 
     #[test]
