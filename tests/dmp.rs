@@ -86,7 +86,10 @@ struct Simulator {
 
 impl Simulator {
     fn start(pki: &Path, faults: &[&str]) -> Simulator {
-        let port = free_port();
+        Simulator::start_on(pki, free_port(), faults)
+    }
+
+    fn start_on(pki: &Path, port: u16, faults: &[&str]) -> Simulator {
         let state = pki.join(format!("registry-{port}.json"));
         let mut cmd = Command::new(bin());
         cmd.args(["dmp-sim", "--listen", &format!("127.0.0.1:{port}")])
@@ -663,4 +666,108 @@ fn the_demo_publishes_to_its_own_simulator() {
     // The simulator went with it.
     std::thread::sleep(Duration::from_millis(300));
     assert!(std::net::TcpStream::connect(("127.0.0.1", dmp)).is_err());
+}
+
+/// One lot's delivery, as `drimbox exam --json` reports it.
+fn delivery(b: &DrimBox) -> serde_json::Value {
+    let out = run_ok(
+        Command::new(bin())
+            .args(["exam", STUDY, "--json", "--config"])
+            .arg(b.dir.path().join("drimbox.toml")),
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["lots"][0]["delivery"].clone()
+}
+
+#[test]
+fn resets_and_timeouts_end_in_exactly_one_publication() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    // A reset: nothing recorded, so the settling query finds nothing and the lot is sent again.
+    let sim = Simulator::start(pki.path(), &["reset:1"]);
+    let b = publish_one(pki.path(), &sim);
+    wait_state(&b, "published", Duration::from_secs(60));
+    assert_eq!(entries(&sim).len(), 2);
+    assert_eq!(sim.registry()["requests"]["iti41"], 2);
+    drop(b);
+
+    // A timeout (the answer comes after the publisher's 5 s): the DMP recorded it, the query
+    // finds it, and it is not sent again.
+    let sim = Simulator::start(pki.path(), &["delay=7000:1"]);
+    let b = publish_one(pki.path(), &sim);
+    wait_state(&b, "published", Duration::from_secs(60));
+    assert_eq!(entries(&sim).len(), 2);
+    assert_eq!(sim.registry()["requests"]["iti41"], 1, "sent twice");
+    assert!(
+        delivery(&b)["last_error"].is_null(),
+        "settled cleanly: {}",
+        delivery(&b)
+    );
+}
+
+#[test]
+fn a_dmp_that_refuses_our_certificate_is_reported_and_nothing_is_lost() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    // The simulator trusts another CA than the one that issued our authentication certificate.
+    let other = tempfile::tempdir().unwrap();
+    mint_pki(other.path(), "other");
+    fs::copy(
+        other.path().join("other-ca.pem"),
+        pki.path().join("other-ca.pem"),
+    )
+    .unwrap();
+    let port = free_port();
+    let state = pki.path().join("refusing.json");
+    let mut child = Command::new(bin())
+        .args(["dmp-sim", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--certificate")
+        .arg(pki.path().join("dmp-server.pem"))
+        .arg("--private-key")
+        .arg(pki.path().join("dmp-server.key"))
+        .arg("--client-ca")
+        .arg(pki.path().join("other-ca.pem"))
+        .arg("--state")
+        .arg(&state)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sim = Simulator {
+        child: Command::new("true").spawn().unwrap(),
+        port,
+        state,
+    };
+    let b = publish_one(pki.path(), &sim);
+    wait_state(&b, "sending to the DMP", Duration::from_secs(40));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = delivery(&b);
+        if d["last_error"].as_str().is_some_and(|e| e.contains("TLS")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no TLS error reported: {d}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The status page says so.
+    let snap = b.snapshot();
+    assert_eq!(snap["verdict"], "degraded", "{snap}");
+    assert!(
+        snap["reasons"].as_array().unwrap().iter().any(|r| r
+            .as_str()
+            .unwrap()
+            .contains("the DMP cannot be reached: ")
+            && r.as_str().unwrap().contains("TLS")),
+        "{snap}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // Once the DMP accepts us again, the lot goes through: it was never lost.
+    let good = Simulator::start_on(pki.path(), port, &[]);
+    wait_state(&b, "published", Duration::from_secs(60));
+    assert_eq!(entries(&good).len(), 2);
 }

@@ -310,7 +310,7 @@ impl Db {
             exam: ExamView {
                 study_uid: study_uid.to_string(),
                 label: state.label().to_string(),
-                reason: state.reason().map(str::to_string),
+                reason: reason(&state, &rec),
                 state,
                 images: rec.images.len() as u32,
                 reports: rec.reports.len() as u32,
@@ -356,7 +356,7 @@ impl Db {
                 out.push(ExamView {
                     study_uid: uid,
                     label: state.label().to_string(),
-                    reason: state.reason().map(str::to_string),
+                    reason: reason(&state, &rec),
                     state,
                     images: rec.images.len() as u32,
                     reports: rec.reports.len() as u32,
@@ -569,6 +569,18 @@ pub fn images_digest(images: &[(String, u32)]) -> String {
         h.update(format!(":{version}\n").as_bytes());
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The reason shown with an exam: its state's, or, for a lot in flight, why it is not through.
+fn reason(state: &crate::exam::ExamState, rec: &ExamRecord) -> Option<String> {
+    match state {
+        crate::exam::ExamState::Sending { seq } => rec
+            .lots
+            .iter()
+            .find(|l| l.facts.seq == *seq)
+            .and_then(|l| l.delivery.last_error.clone()),
+        _ => state.reason().map(str::to_string),
+    }
 }
 
 /// What the archive holds about one exam, gathered for [`crate::exam::assess`].

@@ -227,7 +227,10 @@ pub fn post(
         .map_err(tls_or_io)?;
     stream.flush().map_err(tls_or_io)?;
     let mut reader = BufReader::new(stream);
-    read_message(&mut reader)
+    read_message(&mut reader).map_err(|e| match e {
+        HttpError::Io(io) => tls_or_io(io),
+        other => other,
+    })
 }
 
 /// rustls reports handshake failures as I/O errors carrying its error: say they are TLS.

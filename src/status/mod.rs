@@ -94,6 +94,20 @@ pub fn collect(config: &Config) -> Snapshot {
         };
     }
     if let Some(e) = &exams {
+        // A lot in flight with an error: the DMP is unreachable or refuses us (TLS, certificate).
+        if let Some(stuck) = e
+            .listed
+            .iter()
+            .find(|l| l.state == "sending to the DMP" && l.reason.is_some())
+        {
+            if snapshot.verdict == Verdict::Ok {
+                snapshot.verdict = Verdict::Degraded;
+            }
+            snapshot.reasons.push(format!(
+                "the DMP cannot be reached: {}",
+                stuck.reason.as_deref().unwrap_or_default()
+            ));
+        }
         let held = e.by_state.get("on hold").copied().unwrap_or(0);
         if held > 0 {
             if snapshot.verdict == Verdict::Ok {
