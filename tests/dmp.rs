@@ -771,3 +771,20 @@ fn a_dmp_that_refuses_our_certificate_is_reported_and_nothing_is_lost() {
     wait_state(&b, "published", Duration::from_secs(60));
     assert_eq!(entries(&good).len(), 2);
 }
+
+#[test]
+fn kill_9_of_the_archive_while_sending_publishes_once() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    let sim = Simulator::start(pki.path(), &["delay=2500:1000"]);
+    let b = publish_one(pki.path(), &sim);
+    wait_state(&b, "sending to the DMP", Duration::from_secs(40));
+    // The request is out and its outcome not committed yet: the archive goes.
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = b.service_pid("archive").unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    b.wait_service_restarted("archive", pid);
+    wait_state(&b, "published", Duration::from_secs(60));
+    assert_eq!(entries(&sim).len(), 2, "{}", sim.registry());
+    assert_eq!(sim.registry()["requests"]["iti41"], 1, "sent twice");
+}
