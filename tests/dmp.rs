@@ -527,6 +527,49 @@ fn a_deletion_report_withdraws_the_kos_and_the_history_stays() {
     assert!(out.contains("lot 2  Unpublish  Accepted"), "{out}");
     assert!(out.contains("ORU^R01  delete"), "{out}");
     assert!(!out.contains("PAT-TROIS") && !out.contains(INS), "{out}");
+
+    // ITI-18 FindDocuments on the simulator, with curl as the client: the patient's entries
+    // by availability status.
+    let find = |statuses: &[&str]| -> usize {
+        let request = drimbox::dmp::soap::find_documents(
+            "urn:uuid:f1d0c000-0000-4000-8000-000000000001",
+            "https://127.0.0.1/registry",
+            "",
+            &format!("{INS}^^^&1.2.250.1.213.1.4.10&ISO^NH"),
+            statuses,
+        );
+        let f = pki.path().join("find.xml");
+        fs::write(&f, request).unwrap();
+        let answer = run_ok(
+            Command::new("curl")
+                .args(["-sS", "--fail", "--cacert"])
+                .arg(pki.path().join("dmp-ca.pem"))
+                .arg("--cert")
+                .arg(pki.path().join("auth.pem"))
+                .arg("--key")
+                .arg(pki.path().join("auth.key"))
+                .args(["-H", "Content-Type: application/soap+xml", "--data-binary"])
+                .arg(format!("@{}", f.display()))
+                .arg(format!(
+                    "https://127.0.0.1:{}/si-dmp-server/v2/services/registry",
+                    sim.port
+                )),
+        );
+        assert!(answer.contains("ResponseStatusType:Success"), "{answer}");
+        answer.matches("<rim:ObjectRef ").count()
+    };
+    assert_eq!(
+        find(&["urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"]),
+        1
+    );
+    assert_eq!(find(&["urn:asip:ci-sis:2010:StatusType:Deleted"]), 1);
+    assert_eq!(
+        find(&[
+            "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved",
+            "urn:asip:ci-sis:2010:StatusType:Deleted"
+        ]),
+        2
+    );
 }
 
 #[test]

@@ -253,22 +253,49 @@ fn handle(shared: &Shared, request: &http::Message) -> Reply {
     let relates = wsa(&doc, "MessageID");
     match action.as_str() {
         "urn:ihe:iti:2007:RegistryStoredQuery" => {
-            let wanted: Vec<String> = descendants(&doc, doc.root(), NS_RIM, "Value")
-                .iter()
-                .map(|v| {
-                    doc.text(*v)
-                        .trim()
-                        .trim_matches(['(', ')', '\''])
-                        .to_string()
-                })
-                .collect();
-            let refs: Vec<String> = state
-                .registry
-                .entries
-                .iter()
-                .filter(|(_, e)| wanted.contains(&e.unique_id))
-                .map(|(id, _)| id.clone())
-                .collect();
+            let query = descendants(&doc, doc.root(), NS_RIM, "AdhocQuery")
+                .first()
+                .and_then(|q| doc.element(*q))
+                .and_then(|q| q.attribute("id"))
+                .unwrap_or_default()
+                .to_string();
+            // A slot's values, unquoted: `('a','b')` → [a, b].
+            let slot = |name: &str| -> Vec<String> {
+                descendants(&doc, doc.root(), NS_RIM, "Slot")
+                    .iter()
+                    .filter(|s| doc.element(**s).and_then(|e| e.attribute("name")) == Some(name))
+                    .flat_map(|s| descendants(&doc, *s, NS_RIM, "Value"))
+                    .flat_map(|v| {
+                        doc.text(v)
+                            .trim()
+                            .trim_matches(['(', ')'])
+                            .split(',')
+                            .map(|x| x.trim().trim_matches('\'').to_string())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            };
+            let refs: Vec<String> = if query == super::soap::FIND_DOCUMENTS {
+                let patients = slot("$XDSDocumentEntryPatientId");
+                let statuses = slot("$XDSDocumentEntryStatus");
+                state
+                    .registry
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| patients.contains(&e.patient_id))
+                    .filter(|(_, e)| statuses.iter().any(|s| s == status_type(e.status)))
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            } else {
+                let wanted = slot("$XDSDocumentEntryUniqueId");
+                state
+                    .registry
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| wanted.contains(&e.unique_id))
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            };
             soap(200, &query_response(&answer_id, &relates, &refs))
         }
         "urn:ihe:iti:2010:UpdateDocumentSet" => {
@@ -320,6 +347,15 @@ fn handle(shared: &Shared, request: &http::Message) -> Reply {
             500,
             &response::fault(&relates, &format!("unknown action {other}")),
         ),
+    }
+}
+
+/// The availabilityStatus URN of an entry (the DMP's own for a logical deletion).
+fn status_type(s: Status) -> &'static str {
+    match s {
+        Status::Approved => "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved",
+        Status::Deprecated => "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated",
+        Status::Deleted => "urn:asip:ci-sis:2010:StatusType:Deleted",
     }
 }
 

@@ -15,6 +15,8 @@ pub const ACTION_QUERY: &str = "urn:ihe:iti:2007:RegistryStoredQuery";
 pub const ACTION_UPDATE: &str = "urn:ihe:iti:2010:UpdateDocumentSet";
 /// ITI-18 GetDocuments stored query.
 pub const GET_DOCUMENTS: &str = "urn:uuid:5c4f972b-d56b-40ac-a5fc-c8ca9b40b9d4";
+/// ITI-18 FindDocuments stored query.
+pub const FIND_DOCUMENTS: &str = "urn:uuid:14d4debf-8f97-4251-9a74-a90016b0af0d";
 const NS_QUERY: &str = "urn:oasis:names:tc:ebxml-regrep:xsd:query:3.0";
 const NS_RIM: &str = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0";
 const NS_LCM: &str = "urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0";
@@ -98,6 +100,31 @@ pub fn get_documents(message_id: &str, to: &str, vihf: &str, unique_id: &str) ->
          <rim:Slot name=\"$XDSDocumentEntryUniqueId\"><rim:ValueList><rim:Value>('{}')</rim:Value></rim:ValueList></rim:Slot>\
          </rim:AdhocQuery></query:AdhocQueryRequest>",
         escape(unique_id)
+    );
+    envelope(message_id, to, ACTION_QUERY, vihf, &body)
+}
+
+/// An ITI-18 FindDocuments: a patient's entries (`<INS>^^^&<oid>&ISO^NH`) with one of `statuses`.
+pub fn find_documents(
+    message_id: &str,
+    to: &str,
+    vihf: &str,
+    patient_id: &str,
+    statuses: &[&str],
+) -> String {
+    let list: Vec<String> = statuses
+        .iter()
+        .map(|s| format!("'{}'", escape(s)))
+        .collect();
+    let body = format!(
+        "<query:AdhocQueryRequest xmlns:query=\"{NS_QUERY}\" xmlns:rim=\"{NS_RIM}\">\
+         <query:ResponseOption returnComposedObjects=\"true\" returnType=\"ObjectRef\"/>\
+         <rim:AdhocQuery id=\"{FIND_DOCUMENTS}\">\
+         <rim:Slot name=\"$XDSDocumentEntryPatientId\"><rim:ValueList><rim:Value>'{}'</rim:Value></rim:ValueList></rim:Slot>\
+         <rim:Slot name=\"$XDSDocumentEntryStatus\"><rim:ValueList><rim:Value>({})</rim:Value></rim:ValueList></rim:Slot>\
+         </rim:AdhocQuery></query:AdhocQueryRequest>",
+        escape(patient_id),
+        list.join(",")
     );
     envelope(message_id, to, ACTION_QUERY, vihf, &body)
 }
