@@ -470,18 +470,24 @@ fn demo(
     result
 }
 
+/// Parses a configuration file without the machine checks (`drimbox config check` does those):
+/// what the services and the administration commands read.
+fn parse_config(path: &Path) -> Result<Config> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Config::parse(&text).map_err(|p| {
+        anyhow::anyhow!(
+            "{}: {} problem(s), run `drimbox config check`",
+            path.display(),
+            p.len()
+        )
+    })
+}
+
 fn service(name: &str, config_path: &Path) -> Result<ExitCode> {
     // The supervisor validated the file and the machine; a service (maybe a user that may not
     // write where the supervisor probed) only parses it.
-    let text = std::fs::read_to_string(config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let config = Config::parse(&text).map_err(|p| {
-        anyhow::anyhow!(
-            "{}: {} problem(s), run `drimbox config check`",
-            config_path.display(),
-            p.len()
-        )
-    })?;
+    let config = parse_config(config_path)?;
     let stop = stop_flag()?;
     match name {
         "archive" => {
@@ -510,17 +516,7 @@ fn service(name: &str, config_path: &Path) -> Result<ExitCode> {
 }
 
 fn reader(target: &Target) -> Result<ipc::Client> {
-    let path = target.config_path();
-    let config = Config::parse(
-        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .map_err(|p| {
-        anyhow::anyhow!(
-            "{}: {} problem(s), run `drimbox config check`",
-            path.display(),
-            p.len()
-        )
-    })?;
+    let config = parse_config(&target.config_path())?;
     Ok(ipc::Client::connect(
         &config.storage.run_dir,
         Role::Reader,
@@ -529,16 +525,7 @@ fn reader(target: &Target) -> Result<ipc::Client> {
 }
 
 fn status(target: &Target, json: bool) -> Result<ExitCode> {
-    let path = target.config_path();
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let config = Config::parse(&text).map_err(|p| {
-        anyhow::anyhow!(
-            "{}: {} problem(s), run `drimbox config check`",
-            path.display(),
-            p.len()
-        )
-    })?;
+    let config = parse_config(&target.config_path())?;
     let s = drimbox::status::collect(&config);
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -667,16 +654,7 @@ fn exam(target: &Target, study_uid: &str, json: bool) -> Result<ExitCode> {
 /// Reads the exam's archived lots straight from the store (they never change once archived)
 /// and writes the XDM zip atomically.
 fn export_xdm(target: &Target, study_uid: &str, out: Option<PathBuf>) -> Result<ExitCode> {
-    let path = target.config_path();
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let config = Config::parse(&text).map_err(|p| {
-        anyhow::anyhow!(
-            "{}: {} problem(s), run `drimbox config check`",
-            path.display(),
-            p.len()
-        )
-    })?;
+    let config = parse_config(&target.config_path())?;
     if !drimbox::archive::store::is_safe_uid(study_uid) {
         bail!("`{study_uid}` is not a Study Instance UID");
     }

@@ -16,12 +16,6 @@ use common::*;
 const STUDY: &str = "1.2.250.1.213.4.5.2.1.112";
 const INS: &str = "279035121518989";
 
-fn run_ok(cmd: &mut Command) -> String {
-    let o = cmd.output().expect("tool");
-    assert!(o.status.success(), "{cmd:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// A CA; the simulator's server certificate (127.0.0.1); the practice's authentication and
 /// signing certificates, each in a PKCS#12.
 fn mint(dir: &Path) {
@@ -144,16 +138,6 @@ fn config(pki: &Path, port: u16) -> String {
         p("auth.p12"),
         p("auth.pass"),
     )
-}
-
-fn exams(b: &DrimBox) -> Vec<serde_json::Value> {
-    let o = Command::new(bin())
-        .args(["exams", "--json", "--config"])
-        .arg(b.dir.path().join("drimbox.toml"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "drimbox exams: {}", text(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 fn wait_state(b: &DrimBox, label: &str, within: Duration) -> serde_json::Value {

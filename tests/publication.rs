@@ -23,13 +23,6 @@ fn sample(name: &str) -> Vec<u8> {
     fs::read(shared().join("ref/hl7").join(name)).unwrap()
 }
 
-/// Runs a tool that must succeed; its standard output.
-fn run_ok(cmd: &mut Command) -> String {
-    let o = cmd.output().expect("tool");
-    assert!(o.status.success(), "{cmd:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// A test CA and the practice's signing certificate in a PKCS#12 (OpenSSL 3 defaults).
 fn mint_signing(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let p = |n: &str| dir.join(n).display().to_string();
@@ -151,16 +144,6 @@ fn study(
     cmd.args(&files);
     run_ok(&mut cmd);
     files
-}
-
-fn exams(b: &DrimBox) -> Vec<serde_json::Value> {
-    let o = Command::new(bin())
-        .args(["exams", "--json", "--config"])
-        .arg(b.dir.path().join("drimbox.toml"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "drimbox exams: {}", text(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 fn exam(b: &DrimBox, uid: &str) -> Option<serde_json::Value> {

@@ -135,10 +135,6 @@ pub fn deliver(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<
     let mut d = work.lot.delivery.clone();
     let kos_uid = work.lot.kos_sop_uid.clone();
     let vihf = vihf_for(dmp, work, effects)?;
-    let retry = |d: &mut Delivery, error: String, effects: &dyn Effects| {
-        d.last_error = Some(error);
-        d.next_attempt_ms = effects.now_ms() + backoff_ms(d.attempts, jitter(effects));
-    };
 
     if work.lot.facts.status == LotStatus::Sending {
         // Sent before, outcome unknown: does the DMP have it?
@@ -166,7 +162,7 @@ pub fn deliver(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<
             }
             Ok(_) => {} // not recorded: send it (again)
             Err(e) => {
-                retry(&mut d, format!("settling query: {e}"), effects);
+                schedule_retry(&mut d, format!("settling query: {e}"), effects);
                 effects.commit(Progress {
                     status: LotStatus::Sending,
                     delivery: d,
@@ -207,69 +203,53 @@ pub fn deliver(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<
         delivery: d.clone(),
         exchange: vec![(format!("ITI41-{n}-request.mtom"), body.clone())],
     })?;
-    let answer = http::post(
+    let (reply, exchange) = send(
+        dmp,
         &dmp.repository_url,
         &content_type,
         &body,
-        dmp.tls.clone(),
-        dmp.timeout,
+        &message_id,
+        "ITI41",
+        n,
     );
-    let (status, exchange) = match answer {
-        Err(e) => {
-            retry(&mut d, e.to_string(), effects);
-            (LotStatus::Sending, Vec::new())
+    let status = match reply {
+        Reply::Retry(e) => {
+            schedule_retry(&mut d, e, effects);
+            LotStatus::Sending
         }
-        Ok(m) => {
-            let xml = answer_xml(&m);
-            let kept = vec![(format!("ITI41-{n}-response.http"), m.body.clone())];
-            match response::read(&xml, &message_id) {
-                Ok(a) => match a.outcome {
-                    response::Outcome::Success => {
-                        d.accepted_ms = Some(effects.now_ms());
-                        // Learn the entryUUID now: a replacement or a withdrawal needs it.
-                        let qid = effects.new_uuid();
-                        if let Ok(found) = query(dmp, &vihf, &kos_uid, &qid) {
-                            d.entry_uuid = found.refs.first().cloned();
-                        }
-                        (LotStatus::Accepted, kept)
-                    }
-                    // Our own uniqueId already there: an earlier send of this very lot went
-                    // through after all (its answer was lost). Settled like an in-doubt lot.
-                    response::Outcome::Refused { ref errors, .. }
-                        if errors.iter().any(|e| e.code == DUPLICATE_UNIQUE_ID) =>
-                    {
-                        let qid = effects.new_uuid();
-                        match query(dmp, &vihf, &kos_uid, &qid) {
-                            Ok(found) if !found.refs.is_empty() => {
-                                d.entry_uuid = found.refs.first().cloned();
-                                d.accepted_ms = Some(effects.now_ms());
-                                (LotStatus::Accepted, kept)
-                            }
-                            _ => {
-                                retry(
-                                    &mut d,
-                                    "duplicate uniqueId, not found by ITI-18".into(),
-                                    effects,
-                                );
-                                (LotStatus::Sending, kept)
-                            }
-                        }
-                    }
-                    response::Outcome::Refused { status, errors } => {
-                        d.errors = errors.into_iter().map(|e| (e.code, e.context)).collect();
-                        d.last_error = Some(format!("the DMP refused the lot ({status})"));
-                        (LotStatus::Refused, kept)
-                    }
-                    response::Outcome::Fault { code, reason } => {
-                        retry(&mut d, format!("SOAP fault {code}: {reason}"), effects);
-                        (LotStatus::Sending, kept)
-                    }
-                },
-                Err(e) => {
-                    retry(&mut d, format!("HTTP {}: {e}", m.status()), effects);
-                    (LotStatus::Sending, kept)
+        Reply::Success => {
+            d.accepted_ms = Some(effects.now_ms());
+            // Learn the entryUUID now: a replacement or a withdrawal needs it.
+            let qid = effects.new_uuid();
+            if let Ok(found) = query(dmp, &vihf, &kos_uid, &qid) {
+                d.entry_uuid = found.refs.first().cloned();
+            }
+            LotStatus::Accepted
+        }
+        // Our own uniqueId already there: an earlier send of this very lot went through after
+        // all (its answer was lost). Settled like an in-doubt lot.
+        Reply::Refused { errors, .. } if errors.iter().any(|e| e.code == DUPLICATE_UNIQUE_ID) => {
+            let qid = effects.new_uuid();
+            match query(dmp, &vihf, &kos_uid, &qid) {
+                Ok(found) if !found.refs.is_empty() => {
+                    d.entry_uuid = found.refs.first().cloned();
+                    d.accepted_ms = Some(effects.now_ms());
+                    LotStatus::Accepted
+                }
+                _ => {
+                    schedule_retry(
+                        &mut d,
+                        "duplicate uniqueId, not found by ITI-18".into(),
+                        effects,
+                    );
+                    LotStatus::Sending
                 }
             }
+        }
+        Reply::Refused { status, errors } => {
+            d.errors = errors.into_iter().map(|e| (e.code, e.context)).collect();
+            d.last_error = Some(format!("the DMP refused the lot ({status})"));
+            LotStatus::Refused
         }
     };
     effects.commit(Progress {
@@ -279,7 +259,6 @@ pub fn deliver(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<
     })?;
     Ok(status)
 }
-
 /// Sends a withdrawal (TD3.3c, ITI-57). A withdrawal in doubt is simply sent again: the
 /// registry refuses to withdraw an entry that is no longer Approved, and while our withdrawal
 /// is in flight nothing else of ours can change that entry, so that refusal means it was done.
@@ -309,50 +288,33 @@ fn withdraw(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<Lot
             request.clone().into_bytes(),
         )],
     })?;
-    let answer = http::post(
+    let (reply, exchange) = send(
+        dmp,
         &dmp.registry_url,
         "application/soap+xml; charset=UTF-8; action=\"urn:ihe:iti:2010:UpdateDocumentSet\"",
         request.as_bytes(),
-        dmp.tls.clone(),
-        dmp.timeout,
+        &message_id,
+        "ITI57",
+        n,
     );
-    let retry = |d: &mut Delivery, error: String, effects: &dyn Effects| {
-        d.last_error = Some(error);
-        d.next_attempt_ms = effects.now_ms() + backoff_ms(d.attempts, jitter(effects));
-    };
-    let (status, exchange) = match answer {
-        Err(e) => {
-            retry(&mut d, e.to_string(), effects);
-            (LotStatus::Sending, Vec::new())
+    let status = match reply {
+        Reply::Retry(e) => {
+            schedule_retry(&mut d, e, effects);
+            LotStatus::Sending
         }
-        Ok(m) => {
-            let kept = vec![(format!("ITI57-{n}-response.http"), m.body.clone())];
-            match response::read(&answer_xml(&m), &message_id) {
-                Ok(a) => match a.outcome {
-                    response::Outcome::Success => {
-                        d.accepted_ms = Some(effects.now_ms());
-                        (LotStatus::Accepted, kept)
-                    }
-                    response::Outcome::Refused { .. } if in_doubt => {
-                        d.accepted_ms = Some(effects.now_ms());
-                        d.last_error = Some("already withdrawn (settled)".into());
-                        (LotStatus::Accepted, kept)
-                    }
-                    response::Outcome::Refused { status, errors } => {
-                        d.errors = errors.into_iter().map(|e| (e.code, e.context)).collect();
-                        d.last_error = Some(format!("the DMP refused the withdrawal ({status})"));
-                        (LotStatus::Refused, kept)
-                    }
-                    response::Outcome::Fault { code, reason } => {
-                        retry(&mut d, format!("SOAP fault {code}: {reason}"), effects);
-                        (LotStatus::Sending, kept)
-                    }
-                },
-                Err(e) => {
-                    retry(&mut d, format!("HTTP {}: {e}", m.status()), effects);
-                    (LotStatus::Sending, kept)
-                }
-            }
+        Reply::Success => {
+            d.accepted_ms = Some(effects.now_ms());
+            LotStatus::Accepted
+        }
+        Reply::Refused { .. } if in_doubt => {
+            d.accepted_ms = Some(effects.now_ms());
+            d.last_error = Some("already withdrawn (settled)".into());
+            LotStatus::Accepted
+        }
+        Reply::Refused { status, errors } => {
+            d.errors = errors.into_iter().map(|e| (e.code, e.context)).collect();
+            d.last_error = Some(format!("the DMP refused the withdrawal ({status})"));
+            LotStatus::Refused
         }
     };
     effects.commit(Progress {
@@ -361,6 +323,52 @@ fn withdraw(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<Lot
         exchange,
     })?;
     Ok(status)
+}
+
+/// What an answer to a request that changes the registry means for the lot.
+enum Reply {
+    Success,
+    /// Failure or PartialSuccess with the registry's errors.
+    Refused {
+        status: String,
+        errors: Vec<response::RegistryError>,
+    },
+    /// Transport error, timeout, HTTP error, SOAP fault, unreadable or not our answer: try again.
+    Retry(String),
+}
+
+/// POSTs one request (`kind`, attempt `n`) and reads its answer; the answer's bytes are kept.
+fn send(
+    dmp: &Dmp,
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+    message_id: &str,
+    kind: &str,
+    n: u32,
+) -> (Reply, Vec<(String, Vec<u8>)>) {
+    let m = match http::post(url, content_type, body, dmp.tls.clone(), dmp.timeout) {
+        Ok(m) => m,
+        Err(e) => return (Reply::Retry(e.to_string()), Vec::new()),
+    };
+    let kept = vec![(format!("{kind}-{n}-response.http"), m.body.clone())];
+    let reply = match response::read(&answer_xml(&m), message_id) {
+        Ok(a) => match a.outcome {
+            response::Outcome::Success => Reply::Success,
+            response::Outcome::Refused { status, errors } => Reply::Refused { status, errors },
+            response::Outcome::Fault { code, reason } => {
+                Reply::Retry(format!("SOAP fault {code}: {reason}"))
+            }
+        },
+        Err(e) => Reply::Retry(format!("HTTP {}: {e}", m.status())),
+    };
+    (reply, kept)
+}
+
+/// Leaves the lot in flight with its error, to be tried again after the backoff.
+fn schedule_retry(d: &mut Delivery, error: String, effects: &dyn Effects) {
+    d.last_error = Some(error);
+    d.next_attempt_ms = effects.now_ms() + backoff_ms(d.attempts, jitter(effects));
 }
 
 fn d_attempts(work: &SendWork) -> u32 {

@@ -654,3 +654,21 @@ pub fn mint_pki(dir: &Path, name: &str) {
         );
     }
 }
+
+/// Runs a tool that must succeed; its standard output.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let o = cmd.output().expect("tool");
+    assert!(o.status.success(), "{cmd:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `drimbox exams --json` of a running box.
+pub fn exams(b: &DrimBox) -> Vec<serde_json::Value> {
+    let o = Command::new(bin())
+        .args(["exams", "--json", "--config"])
+        .arg(b.dir.path().join("drimbox.toml"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "drimbox exams: {}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
