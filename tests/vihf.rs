@@ -20,7 +20,7 @@ use drimbox::dmp::vihf::{
 use drimbox::signing::{SignatureAlgorithm, SigningIdentity};
 use drimbox::xml::dsig::{self, VerifyOptions};
 
-const P12_PASSWORD: &str = "cabinet-secret";
+const P12_PASSWORD: &str = common::SIGNER_P12_PASSWORD;
 
 fn tool(name: &str, package: &str) -> PathBuf {
     let o = Command::new("which")
@@ -41,99 +41,12 @@ fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let o = run(Command::new(tool("openssl", "openssl"))
-        .args(args)
-        .current_dir(dir));
-    assert!(o.status.success(), "openssl {args:?}: {}", common::text(&o));
-}
-
-/// A CA, a signing certificate it issues (subject like the practice's ORG signature
-/// certificate), and the PKCS#12 an installer would make with OpenSSL 3's defaults.
+/// The shared test PKI (common::mint_signing_pki) with this test's signer subject.
 fn mint_pki() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/C=FR/O=DRIMbox test/OU=IGC TEST/CN=TEST AC DRIMBOX",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "signer.key",
-            "-out",
-            "signer.csr",
-            "-subj",
-            "/C=FR/ST=Paris (75)/O=CABINET M & FILS/OU=499700367909006/CN=DRIMbox",
-        ],
-    );
-    fs::write(
-        d.join("signer.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,nonRepudiation\n",
+    common::mint_signing_pki(
+        "/C=FR/ST=Paris (75)/O=CABINET M & FILS/OU=499700367909006/CN=DRIMbox",
+        None,
     )
-    .unwrap();
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "signer.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "10",
-            "-out",
-            "signer.pem",
-            "-extfile",
-            "signer.ext",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "pkcs12",
-            "-export",
-            "-inkey",
-            "signer.key",
-            "-in",
-            "signer.pem",
-            "-certfile",
-            "ca.pem",
-            "-out",
-            "signer.p12",
-            "-passout",
-            &format!("pass:{P12_PASSWORD}"),
-        ],
-    );
-    dir
 }
 
 fn input(id: &str) -> VihfInput {

@@ -322,7 +322,7 @@ use drimbox::signing::{
 };
 use drimbox::xml::dsig::{self, DsigError, VerifyOptions};
 
-const P12_PASSWORD: &str = "cabinet-secret";
+const P12_PASSWORD: &str = common::SIGNER_P12_PASSWORD;
 
 fn openssl(dir: &Path, args: &[&str]) {
     let o = run(Command::new(tool("openssl", "openssl"))
@@ -331,94 +331,12 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(o.status.success(), "openssl {args:?}: {}", common::text(&o));
 }
 
-/// A test PKI minted now: a CA, a signing certificate it issues (RSA 2048, a 128-bit serial
-/// like IGC-Santé's, a subject like the practice's), and the PKCS#12 an installer would make
-/// with OpenSSL 3's defaults. Returns the directory.
+/// The shared test PKI (common::mint_signing_pki) with this test's signer subject.
 fn mint_pki() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/C=FR/O=DRIMbox test/OU=IGC TEST/CN=TEST AC DRIMBOX",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "signer.key",
-            "-out",
-            "signer.csr",
-            "-subj",
-            "/C=FR/ST=Paris (75)/O=CABINET TEST, RADIOLOGIE/OU=499700367909006/CN=DRIMbox",
-        ],
-    );
-    fs::write(
-        d.join("signer.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,nonRepudiation\n",
+    common::mint_signing_pki(
+        "/C=FR/ST=Paris (75)/O=CABINET TEST, RADIOLOGIE/OU=499700367909006/CN=DRIMbox",
+        Some("0x9D5DE25E3DC14BDE670D26E191261710"),
     )
-    .unwrap();
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "signer.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            "0x9D5DE25E3DC14BDE670D26E191261710",
-            "-days",
-            "10",
-            "-out",
-            "signer.pem",
-            "-extfile",
-            "signer.ext",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "pkcs12",
-            "-export",
-            "-inkey",
-            "signer.key",
-            "-in",
-            "signer.pem",
-            "-certfile",
-            "ca.pem",
-            "-out",
-            "signer.p12",
-            "-passout",
-            &format!("pass:{P12_PASSWORD}"),
-        ],
-    );
-    dir
 }
 
 /// What `openssl pkcs12 -info` says of a file's algorithms.

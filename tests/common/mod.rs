@@ -672,3 +672,97 @@ pub fn exams(b: &DrimBox) -> Vec<serde_json::Value> {
     assert!(o.status.success(), "drimbox exams: {}", text(&o));
     serde_json::from_slice(&o.stdout).unwrap()
 }
+
+/// Password of the PKCS#12 [`mint_signing_pki`] writes.
+pub const SIGNER_P12_PASSWORD: &str = "cabinet-secret";
+
+/// A test PKI minted now: a CA, a signing certificate it issues (RSA 2048, a 128-bit serial
+/// like IGC-Santé's, a subject like the practice's), and the PKCS#12 an installer would make
+/// with OpenSSL 3's defaults (`signer.p12`, password [`SIGNER_P12_PASSWORD`]). `serial`: a fixed
+/// serial (hex), else a random one. Returns the directory.
+pub fn mint_signing_pki(subject: &str, serial: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/C=FR/O=DRIMbox test/OU=IGC TEST/CN=TEST AC DRIMBOX",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        d,
+    );
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "signer.key",
+            "-out",
+            "signer.csr",
+            "-subj",
+            subject,
+        ],
+        d,
+    );
+    fs::write(
+        d.join("signer.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,nonRepudiation\n",
+    )
+    .unwrap();
+    let mut x509 = vec![
+        "x509",
+        "-req",
+        "-in",
+        "signer.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-days",
+        "10",
+        "-out",
+        "signer.pem",
+        "-extfile",
+        "signer.ext",
+    ];
+    match serial {
+        Some(s) => x509.extend(["-set_serial", s]),
+        None => x509.push("-CAcreateserial"),
+    }
+    openssl(&x509, d);
+    openssl(
+        &[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            "signer.key",
+            "-in",
+            "signer.pem",
+            "-certfile",
+            "ca.pem",
+            "-out",
+            "signer.p12",
+            "-passout",
+            &format!("pass:{SIGNER_P12_PASSWORD}"),
+        ],
+        d,
+    );
+    dir
+}
