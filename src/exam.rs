@@ -526,6 +526,44 @@ fn identity_problem(study: &StudyFacts, report: &ReportFacts) -> Option<HoldReas
     None
 }
 
+/// Who an exam is about and since when its pending work waits, for [`send_turns`]: the
+/// patient's INS (else the images' Patient ID), and the arrival of the report the pending lot
+/// was built from (else of the latest report).
+pub fn send_claim(inputs: &ExamInputs, state: &ExamState) -> Option<(String, i64)> {
+    let pending_lot = match state {
+        ExamState::LotBuilt { seq, .. } | ExamState::Sending { seq } => Some(*seq),
+        ExamState::Ready(_) => None,
+        _ => return None,
+    };
+    let latest = inputs.reports.last();
+    let patient = latest
+        .map(|r| format!("{}@{}", r.facts.ins, r.facts.ins_oid))
+        .or_else(|| inputs.study.as_ref().and_then(|s| s.patient_id.clone()))?;
+    let since = pending_lot
+        .and_then(|seq| inputs.lots.iter().find(|l| l.seq == seq))
+        .and_then(|l| inputs.reports.iter().find(|r| r.key == l.report_key))
+        .or(latest)
+        .map_or(0, |r| r.received_ms);
+    Some((patient, since))
+}
+
+/// Per-patient order: a patient's exams reach the DMP in the order their work arose, so that
+/// the DMP never sees a later exam of a patient before an earlier one still pending (its
+/// retries included). For each claim (patient, since), whether that exam may send now: only
+/// the oldest claim of each patient may (ties: the first listed).
+pub fn send_turns(claims: &[(String, i64)]) -> Vec<bool> {
+    let mut first: std::collections::HashMap<&str, (i64, usize)> = Default::default();
+    for (i, (patient, since)) in claims.iter().enumerate() {
+        let e = first.entry(patient.as_str()).or_insert((*since, i));
+        if *since < e.0 {
+            *e = (*since, i);
+        }
+    }
+    (0..claims.len())
+        .map(|i| first[claims[i].0.as_str()].1 == i)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -927,5 +965,14 @@ mod tests {
         );
         inputs.reports.push(report("k2", 2, "replace"));
         assert!(ready_publish(&assess(&inputs, &Policy::default())));
+    }
+    #[test]
+    fn a_patients_exams_take_turns_in_arrival_order() {
+        let c = |p: &str, t: i64| (p.to_string(), t);
+        assert_eq!(
+            send_turns(&[c("A", 30), c("B", 10), c("A", 20), c("A", 20), c("C", 5)]),
+            vec![false, true, true, false, true]
+        );
+        assert!(send_turns(&[]).is_empty());
     }
 }

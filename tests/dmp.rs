@@ -171,6 +171,17 @@ fn publish_one_with_images(
         extra_config: config(pki, sim.port),
         ..Settings::default()
     });
+    let (images, files) = send_study(&b, STUDY, "dmp");
+    let ack = mllp_send(
+        b.hl7_port,
+        &fs::read(shared().join("ref/hl7/ORU_R01_K.hl7")).unwrap(),
+    );
+    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
+    (b, images, files)
+}
+
+/// Six images of `INS` in study `uid` (generated from `seed`), stored into the box.
+fn send_study(b: &DrimBox, uid: &str, seed: &str) -> (tempfile::TempDir, Vec<PathBuf>) {
     let images = tempfile::tempdir().unwrap();
     run_ok(
         Command::new("python3")
@@ -180,29 +191,17 @@ fn publish_one_with_images(
             .args([
                 "--count", "6", "--rows", "32", "--cols", "32", "--series", "2",
             ])
-            .args([
-                "--seed",
-                "dmp",
-                "--patient-id",
-                INS,
-                "--accession",
-                "ACN112",
-            ]),
+            .args(["--seed", seed, "--patient-id", INS, "--accession", "ACN112"]),
     );
     let files = files_in(images.path());
     let mut m = Command::new("dcmodify");
     m.args(["-nb", "-m"])
-        .arg(format!("(0020,000d)={STUDY}"))
+        .arg(format!("(0020,000d)={uid}"))
         .args(&files);
     run_ok(&mut m);
     let o = storescu_files(b.port, &[], &files);
     assert!(o.status.success(), "{}", text(&o));
-    let ack = mllp_send(
-        b.hl7_port,
-        &fs::read(shared().join("ref/hl7/ORU_R01_K.hl7")).unwrap(),
-    );
-    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
-    (b, images, files)
+    (images, files)
 }
 
 fn lot_dir(b: &DrimBox) -> PathBuf {
@@ -814,4 +813,79 @@ fn kill_9_of_the_archive_while_sending_publishes_once() {
     wait_state(&b, "published", Duration::from_secs(60));
     assert_eq!(entries(&sim).len(), 2, "{}", sim.registry());
     assert_eq!(sim.registry()["requests"]["iti41"], 1, "sent twice");
+}
+
+/// The entryUUID the simulator gave the KOS of `lot` (a lot directory of the box).
+fn kos_entry(sim: &Simulator, lot: &Path) -> String {
+    let dump = run_ok(
+        Command::new("dcmdump")
+            .args(["+P", "0008,0018"])
+            .arg(lot.join("KOS_1_1.DCM")),
+    );
+    let uid = dump.split('[').nth(1).unwrap().split(']').next().unwrap();
+    let registry = sim.registry();
+    registry["registry"]["entries"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, e)| e["unique_id"] == uid)
+        .map(|(id, _)| id.clone())
+        .unwrap_or_else(|| panic!("KOS {uid} not in the registry: {registry}"))
+}
+
+/// Two exams of one patient while the DMP is failing: the first backs off longer and longer,
+/// the second, ready meanwhile, would be due first when the DMP comes back; it waits its turn,
+/// and the DMP records them in the order they arose.
+#[test]
+fn a_patients_exams_reach_the_dmp_in_the_order_they_arose() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    let failing = Simulator::start(pki.path(), &["http500:1000"]);
+    let port = failing.port;
+    let b = publish_one(pki.path(), &failing);
+    wait_state(&b, "sending to the DMP", Duration::from_secs(40));
+    // Sorts before the first: without the patient's order it would be picked first.
+    const SECOND: &str = "1.2.250.1.213.4.5.2.1.1000";
+    let _images = send_study(&b, SECOND, "dmp-second");
+    let ack = mllp_send(b.hl7_port, &oru_for(SECOND, "second-exam"));
+    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
+    let label = |uid: &str| {
+        exams(&b)
+            .iter()
+            .find(|x| x["study_uid"] == uid)
+            .map(|x| x["label"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while label(SECOND) != "lot built" && label(SECOND) != "sending to the DMP" {
+        assert!(
+            Instant::now() < deadline,
+            "second lot never built\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(failing);
+    let sim = Simulator::start_on(pki.path(), port, &[]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (first, second) = (label(STUDY), label(SECOND));
+        if first == "published" && second == "published" {
+            break;
+        }
+        assert!(
+            !(second == "published" && first != "published"),
+            "the second exam overtook the first"
+        );
+        assert!(Instant::now() < deadline, "not both published\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first = kos_entry(&sim, &lot_dir(&b));
+    let second = kos_entry(&sim, &b.data_dir.join("lots").join(SECOND).join("SS000001"));
+    assert!(
+        first < second,
+        "recorded out of order: {first} then {second}"
+    );
+    assert_eq!(entries(&sim).len(), 4, "one KOS and one signature each");
 }

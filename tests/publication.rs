@@ -447,33 +447,6 @@ fn reports_without_images_and_mismatched_identities_are_held_visibly() {
     );
 }
 
-/// The agency's ORU re-addressed to another study: its own control id, and the CDA's
-/// serviceEvent id replaced (the CDA decoded from OBX-5 and encoded again).
-fn oru_for(study_uid: &str, control_id: &str) -> Vec<u8> {
-    let text = String::from_utf8(sample("ORU_R01_K.hl7")).unwrap();
-    let segments: Vec<String> = text
-        .split("\r\n")
-        .map(|seg| {
-            let mut fields: Vec<String> = seg.split('|').map(str::to_string).collect();
-            if seg.starts_with("MSH") {
-                fields[9] = control_id.to_string();
-            }
-            if seg.starts_with("OBX") && fields.get(2).map(String::as_str) == Some("ED") {
-                let mut parts: Vec<String> = fields[5].split('^').map(str::to_string).collect();
-                let last = parts.len() - 1;
-                let cda = drimbox::base64::decode(parts[last].as_bytes()).unwrap();
-                let cda = String::from_utf8(cda)
-                    .unwrap()
-                    .replace(ORU_STUDY, study_uid);
-                parts[last] = drimbox::base64::encode(cda.as_bytes());
-                fields[5] = parts.join("^");
-            }
-            fields.join("|")
-        })
-        .collect();
-    segments.join("\r\n").into_bytes()
-}
-
 #[test]
 fn kill_9_of_publisher_and_archive_while_lots_are_built_leaves_one_lot_per_exam() {
     let keys = tempfile::tempdir().unwrap();

@@ -26,15 +26,27 @@ pub fn next_work(
     can_send: bool,
     now_ms: i64,
 ) -> Result<Option<Work>, ArchiveFailure> {
+    // Every exam with pending work, with its claim on the DMP (per-patient order).
+    let mut pending = Vec::new();
     for uid in db.exam_uids().map_err(db_failure)? {
-        if skip.contains(&uid) {
-            continue;
-        }
         let Some(rec) = db.exam(&uid).map_err(db_failure)? else {
             continue;
         };
-        match assess(&rec.inputs, policy) {
-            ExamState::LotBuilt { seq, .. } | ExamState::Sending { seq } if can_send => {
+        let state = assess(&rec.inputs, policy);
+        // A skipped exam (its lot could not be built) does not hold the patient's others back.
+        let claim = match skip.contains(&uid) {
+            true => None,
+            false => crate::exam::send_claim(&rec.inputs, &state),
+        };
+        if let Some(claim) = claim {
+            pending.push((uid, rec, state, claim));
+        }
+    }
+    let claims: Vec<(String, i64)> = pending.iter().map(|p| p.3.clone()).collect();
+    let turns = crate::exam::send_turns(&claims);
+    for ((uid, rec, state, _), my_turn) in pending.into_iter().zip(turns) {
+        match state {
+            ExamState::LotBuilt { seq, .. } | ExamState::Sending { seq } if can_send && my_turn => {
                 let Some(lot) = rec.lots.iter().find(|l| l.facts.seq == seq) else {
                     continue;
                 };
@@ -44,6 +56,7 @@ pub fn next_work(
                 return send_material(layout, &uid, &rec, lot.clone())
                     .map(|w| Some(Work::Send(Box::new(w))));
             }
+            // Building a lot is local: never held back by the patient's order.
             ExamState::Ready(action) => {
                 return material(db, layout, &uid, rec, action)
                     .map(|w| Some(Work::Build(Box::new(w))));

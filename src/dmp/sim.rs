@@ -6,7 +6,10 @@
 //! Checked: the SOAP action and MessageID; a VIHF assertion in the WS-Security header; for every
 //! document entry, the part its `xop:Include` names exists and has the metadata's SHA-1 `hash`
 //! and `size`; mandatory metadata (class, type, format, confidentiality, facility, practice,
-//! creation time, language, source patient, unique id); the patient id is an INS with a known
+//! creation time, language, source patient, unique id) present **and** in the DMP's value
+//! sets for a KOS or a lot signature (codes with their coding schemes, MIME type, language,
+//! DTM times, SHA-1 hash; the submission set's content type, submission time, source and
+//! unique OIDs); the patient id is an INS with a known
 //! INS OID, the same on the submission set and every entry; the lot signature verifies (our
 //! XMLDSig verifier, key of the embedded certificate) and its Manifest's digest of each
 //! document matches the part; an RPLC names an Approved entry of the registry.
@@ -147,6 +150,222 @@ fn classification(doc: &Document, object: NodeId, scheme: &str) -> Option<String
     doc.children_named(object, NS_RIM, "Classification")
         .find(|c| attr(doc, *c, "classificationScheme") == scheme)
         .map(|c| attr(doc, c, "nodeRepresentation"))
+}
+
+/// The codes the DMP accepts for each kind of document entry (DRIM-M §2.5.2, §2.5.3), keyed
+/// by the entry's formatCode.
+struct EntryProfile {
+    format_scheme: &'static str,
+    mime_type: &'static str,
+    class: (&'static str, &'static str),
+    type_code: (&'static str, &'static str),
+    language: &'static str,
+}
+
+const KOS_FORMAT: &str = "1.2.840.10008.5.1.4.1.1.88.59";
+
+fn entry_profile(format: &str) -> Option<EntryProfile> {
+    match format {
+        KOS_FORMAT => Some(EntryProfile {
+            format_scheme: "1.2.840.10008.2.6.1",
+            mime_type: "application/dicom",
+            class: ("31", "1.2.250.1.213.1.1.4.1"),
+            type_code: ("IMG-KOS", "1.2.250.1.213.1.1.4.12"),
+            language: "fr-FR",
+        }),
+        SIGNATURE_FORMAT => Some(EntryProfile {
+            format_scheme: "URN",
+            mime_type: "text/xml",
+            class: ("urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1", "URN"),
+            type_code: ("E1762", "ASTM"),
+            language: "art",
+        }),
+        _ => None,
+    }
+}
+
+/// Confidentiality codes and their coding schemes (HL7 Confidentiality, and the DMP's own
+/// visibility codes).
+const CONFIDENTIALITY: [(&str, &str); 4] = [
+    ("N", "2.16.840.1.113883.5.25"),
+    ("MASQUE_PS", "1.2.250.1.213.1.1.4.13"),
+    ("INVISIBLE_PATIENT", "1.2.250.1.213.1.1.4.13"),
+    ("INVISIBLE_REPRESENTANTS_LEGAUX", "1.2.250.1.213.1.1.4.13"),
+];
+const FACILITY_SCHEME: &str = "1.2.250.1.71.4.2.4";
+const PRACTICE_SCHEME: &str = "1.2.250.1.213.1.1.4.9";
+const SCHEME_CLASS: &str = "urn:uuid:41a5887f-8865-4c09-adf7-e362475b143a";
+const SCHEME_TYPE: &str = "urn:uuid:f0306f51-975f-434e-a61c-c59651d33983";
+const SCHEME_CONFIDENTIALITY: &str = "urn:uuid:f4f85eac-e6cb-4883-b524-f2705394840f";
+const SCHEME_FACILITY: &str = "urn:uuid:f33fb8ac-18af-42cc-ae0e-ed0b0bdb91e1";
+const SCHEME_PRACTICE: &str = "urn:uuid:cccf5598-8b07-4b77-a05e-ae952c785ead";
+const SCHEME_SS_CONTENT_TYPE: &str = "urn:uuid:aa543740-bdda-424e-8c96-df4873be8500";
+const SCHEME_SS_SOURCE: &str = "urn:uuid:554ac39e-e3fe-47fe-b233-965d2a147832";
+const SCHEME_SS_UNIQUE: &str = "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8";
+
+/// (nodeRepresentation, codingScheme) of each classification of `object` in `scheme`.
+fn coded(doc: &Document, object: NodeId, scheme: &str) -> Vec<(String, String)> {
+    doc.children_named(object, NS_RIM, "Classification")
+        .filter(|c| attr(doc, *c, "classificationScheme") == scheme)
+        .map(|c| {
+            let system = slot_values(doc, c, "codingScheme")
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            (attr(doc, c, "nodeRepresentation"), system)
+        })
+        .collect()
+}
+
+/// An XDS DTM: `YYYY[MM[DD[hh[mm[ss]]]]]` (UTC), a real calendar date and time.
+pub fn is_dtm(s: &str) -> bool {
+    if !(s.len() >= 4 && s.len() <= 14 && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return false;
+    }
+    let n = |a: usize| s.get(a..a + 2).map(|v| v.parse::<u32>().unwrap_or(99));
+    let ok = |v: Option<u32>, lo: u32, hi: u32| v.is_none_or(|v| (lo..=hi).contains(&v));
+    ok(n(4), 1, 12) && ok(n(6), 1, 31) && ok(n(8), 0, 23) && ok(n(10), 0, 59) && ok(n(12), 0, 59)
+}
+
+/// What is wrong with the values of a document entry's metadata (presence is checked by the
+/// caller): codes outside the DMP's value sets, a MIME type that is not the format's, dates
+/// that are not DTMs, a hash that is not a SHA-1.
+fn entry_value_errors(doc: &Document, e: NodeId) -> Vec<RegistryError> {
+    let id = attr(doc, e, "id");
+    let mut errors = Vec::new();
+    let mut wrong = |what: String| {
+        errors.push(error(
+            "XDSRegistryMetadataError",
+            format!("{id}: {what}"),
+            &id,
+        ));
+    };
+    let format = coded(doc, e, SCHEME_DE_FORMAT);
+    let Some((format_code, format_scheme)) = format.first() else {
+        return errors;
+    };
+    let Some(profile) = entry_profile(format_code) else {
+        wrong(format!(
+            "formatCode {format_code} is neither a KOS nor a lot signature"
+        ));
+        return errors;
+    };
+    if format_scheme != profile.format_scheme {
+        wrong(format!(
+            "formatCode {format_code} with codingScheme {format_scheme}, not {}",
+            profile.format_scheme
+        ));
+    }
+    let mime = attr(doc, e, "mimeType");
+    if mime != profile.mime_type {
+        wrong(format!("mimeType {mime}, not {}", profile.mime_type));
+    }
+    for (scheme, name, want) in [
+        (SCHEME_CLASS, "classCode", profile.class),
+        (SCHEME_TYPE, "typeCode", profile.type_code),
+    ] {
+        for (code, system) in coded(doc, e, scheme) {
+            if (code.as_str(), system.as_str()) != want {
+                wrong(format!(
+                    "{name} {code} ({system}), not {} ({})",
+                    want.0, want.1
+                ));
+            }
+        }
+    }
+    for (code, system) in coded(doc, e, SCHEME_CONFIDENTIALITY) {
+        if !CONFIDENTIALITY.contains(&(code.as_str(), system.as_str())) {
+            wrong(format!(
+                "confidentialityCode {code} ({system}) is not a DMP code"
+            ));
+        }
+    }
+    for (scheme, name, want) in [
+        (
+            SCHEME_FACILITY,
+            "healthcareFacilityTypeCode",
+            FACILITY_SCHEME,
+        ),
+        (SCHEME_PRACTICE, "practiceSettingCode", PRACTICE_SCHEME),
+    ] {
+        for (code, system) in coded(doc, e, scheme) {
+            if system != want || code.is_empty() {
+                wrong(format!(
+                    "{name} {code} with codingScheme {system}, not {want}"
+                ));
+            }
+        }
+    }
+    for language in slot_values(doc, e, "languageCode") {
+        if language != profile.language {
+            wrong(format!("languageCode {language}, not {}", profile.language));
+        }
+    }
+    for slot in ["creationTime", "serviceStartTime", "serviceStopTime"] {
+        for t in slot_values(doc, e, slot) {
+            if !is_dtm(&t) {
+                wrong(format!("{slot} {t} is not a DTM (YYYYMMDDhhmmss)"));
+            }
+        }
+    }
+    for h in slot_values(doc, e, "hash") {
+        if h.len() != 40 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            wrong(format!("hash {h} is not a SHA-1 in hex"));
+        }
+    }
+    for s in slot_values(doc, e, "size") {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            wrong(format!("size {s} is not a byte count"));
+        }
+    }
+    for p in slot_values(doc, e, "sourcePatientId") {
+        if !p.contains("^^^&") {
+            wrong(format!(
+                "sourcePatientId {p} is not a CX with an assigning authority"
+            ));
+        }
+    }
+    errors
+}
+
+/// What the submission set lacks or gets wrong: its content type, submission time, source and
+/// unique ids.
+fn submission_set_errors(doc: &Document, package: NodeId) -> Vec<RegistryError> {
+    let id = attr(doc, package, "id");
+    let mut errors = Vec::new();
+    let mut wrong = |what: String| {
+        errors.push(error(
+            "XDSRegistryMetadataError",
+            format!("{id}: {what}"),
+            &id,
+        ));
+    };
+    if coded(doc, package, SCHEME_SS_CONTENT_TYPE)
+        .iter()
+        .all(|(c, s)| c.is_empty() || s.is_empty())
+    {
+        wrong("contentTypeCode missing".into());
+    }
+    match slot_values(doc, package, "submissionTime").first() {
+        Some(t) if is_dtm(t) => {}
+        Some(t) => wrong(format!("submissionTime {t} is not a DTM")),
+        None => wrong("submissionTime missing".into()),
+    }
+    for (scheme, name) in [
+        (SCHEME_SS_SOURCE, "sourceId"),
+        (SCHEME_SS_UNIQUE, "uniqueId"),
+    ] {
+        let value = external_id(doc, package, scheme).unwrap_or_default();
+        if value.is_empty()
+            || !value
+                .split('.')
+                .all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()))
+        {
+            wrong(format!("{name} {value:?} is not an OID"));
+        }
+    }
+    errors
 }
 
 /// `<INS>^^^&<oid>&ISO^NH` with an INS authority OID.
@@ -312,6 +531,14 @@ pub fn check_provide_and_register(
             "SubmissionSet01",
         )),
     }
+    match package {
+        Some(p) => errors.extend(submission_set_errors(&doc, p)),
+        None => errors.push(error(
+            "XDSRegistryMetadataError",
+            "no submission set (RegistryPackage)",
+            "",
+        )),
+    }
     let mut documents = Vec::new();
     let mut by_unique: BTreeMap<String, &mtom::Part> = BTreeMap::new();
     let mut signature_parts = Vec::new();
@@ -335,6 +562,7 @@ pub fn check_provide_and_register(
                 ));
             }
         }
+        errors.extend(entry_value_errors(&doc, e));
         let patient = external_id(&doc, e, SCHEME_DE_PATIENT).unwrap_or_default();
         if !is_ins_patient_id(&patient) || Some(&patient) != ss_patient.as_ref() {
             errors.push(error(
@@ -704,6 +932,66 @@ pub(crate) mod tests {
             "{e:#?}"
         );
         assert_eq!(e.len(), 3);
+    }
+
+    /// Metadata present but outside the DMP's value sets: refused, each with its reason.
+    #[test]
+    fn wrong_metadata_values_are_refused_with_their_reason() {
+        let (ct, body) = agency_request();
+        let m = mtom::parse(&ct, &body).unwrap();
+        let envelope = String::from_utf8(m.root().unwrap().body.clone()).unwrap();
+        let judge = |from: &str, to: &str| {
+            assert_eq!(envelope.matches(from).count(), 1, "{from}");
+            let root = mtom::Part {
+                content_id: "0.1".into(),
+                content_type: "application/xop+xml".into(),
+                body: envelope.replace(from, to).into_bytes(),
+            };
+            let body = mtom::build("MIMEBoundary_Bound", &root, ACTION_PNR, &m.parts[1..]);
+            check_provide_and_register(&ct, &body, &Registry::default(), false).unwrap_err()
+        };
+        for (from, to, reason) in [
+            (
+                "nodeRepresentation=\"IMG-KOS\"",
+                "nodeRepresentation=\"IMG-CR\"",
+                "DocumentKOS: typeCode IMG-CR",
+            ),
+            (
+                "mimeType=\"application/dicom\"",
+                "mimeType=\"application/pdf\"",
+                "DocumentKOS: mimeType application/pdf",
+            ),
+            (
+                "nodeRepresentation=\"1.2.840.10008.5.1.4.1.1.88.59\"",
+                "nodeRepresentation=\"1.2.840.10008.5.1.4.1.1.88.22\"",
+                "neither a KOS nor a lot signature",
+            ),
+            (
+                "<Value>fr-FR</Value>",
+                "<Value>en-US</Value>",
+                "languageCode en-US",
+            ),
+        ] {
+            let e = judge(from, to);
+            assert!(
+                e.iter().any(|e| e.context.contains(reason)),
+                "{reason}: {e:#?}"
+            );
+            assert!(
+                e.iter().all(|e| e.code == "XDSRegistryMetadataError"),
+                "{e:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dtm() {
+        assert!(is_dtm("20231114144457"));
+        assert!(is_dtm("20231114"));
+        assert!(!is_dtm("2023111414445"));
+        assert!(!is_dtm("20231314144457"));
+        assert!(!is_dtm("2023-11-14"));
+        assert!(!is_dtm(""));
     }
 
     #[test]

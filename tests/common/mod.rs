@@ -766,3 +766,34 @@ pub fn mint_signing_pki(subject: &str, serial: Option<&str>) -> tempfile::TempDi
     );
     dir
 }
+
+/// The Study Instance UID the agency's ORU sample names.
+pub const ORU_SAMPLE_STUDY: &str = "1.2.250.1.213.4.5.2.1.112";
+
+/// The agency's ORU re-addressed to another study: its own control id, and the CDA's
+/// serviceEvent id replaced (the CDA decoded from OBX-5 and encoded again).
+pub fn oru_for(study_uid: &str, control_id: &str) -> Vec<u8> {
+    let text =
+        String::from_utf8(fs::read(shared().join("ref/hl7/ORU_R01_K.hl7")).unwrap()).unwrap();
+    let segments: Vec<String> = text
+        .split("\r\n")
+        .map(|seg| {
+            let mut fields: Vec<String> = seg.split('|').map(str::to_string).collect();
+            if seg.starts_with("MSH") {
+                fields[9] = control_id.to_string();
+            }
+            if seg.starts_with("OBX") && fields.get(2).map(String::as_str) == Some("ED") {
+                let mut parts: Vec<String> = fields[5].split('^').map(str::to_string).collect();
+                let last = parts.len() - 1;
+                let cda = drimbox::base64::decode(parts[last].as_bytes()).unwrap();
+                let cda = String::from_utf8(cda)
+                    .unwrap()
+                    .replace(ORU_SAMPLE_STUDY, study_uid);
+                parts[last] = drimbox::base64::encode(cda.as_bytes());
+                fields[5] = parts.join("^");
+            }
+            fields.join("|")
+        })
+        .collect();
+    segments.join("\r\n").into_bytes()
+}
