@@ -219,7 +219,10 @@ fn coded(doc: &Document, object: NodeId, scheme: &str) -> Vec<(String, String)> 
 
 /// An XDS DTM: `YYYY[MM[DD[hh[mm[ss]]]]]` (UTC), a real calendar date and time.
 pub fn is_dtm(s: &str) -> bool {
-    if !(s.len() >= 4 && s.len() <= 14 && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_digit()))
+    if !(s.len() >= 4
+        && s.len() <= 14
+        && s.len().is_multiple_of(2)
+        && s.bytes().all(|b| b.is_ascii_digit()))
     {
         return false;
     }
