@@ -40,6 +40,9 @@ pub struct DmpConfig {
     pub pkcs12: PathBuf,
     pub password_file: PathBuf,
     pub timeout: Duration,
+    /// How often the publisher checks, without sending anything, that the DMP can be reached
+    /// (TLS handshake with the practice's certificate) for the status page.
+    pub probe_interval: Duration,
     /// LPS identification in the VIHF (the software's DMP registration).
     pub lps_id: String,
     pub lps_version: String,
@@ -671,6 +674,9 @@ impl Reader {
         let timeout = self
             .opt_int(&mut t, k, "timeout_seconds", 1, 600)
             .unwrap_or(Some(30));
+        let probe_interval = self
+            .opt_int(&mut t, k, "probe_interval_seconds", 5, 86_400)
+            .unwrap_or(Some(60));
         let text = |r: &mut Reader, t: &mut toml::Table, key: &str, default: &str| {
             r.opt_str(t, k, key)
                 .flatten()
@@ -710,6 +716,7 @@ impl Reader {
             pkcs12: pkcs12?,
             password_file: password_file?,
             timeout: Duration::from_secs(timeout? as u64),
+            probe_interval: Duration::from_secs(probe_interval? as u64),
             lps_id,
             lps_version,
             lps_homologation,

@@ -60,6 +60,7 @@ impl Role {
             | Request::Summary
             | Request::Study { .. }
             | Request::Exams
+            | Request::Exchanges { .. }
             | Request::Exam { .. } => true,
         }
     }
@@ -90,6 +91,10 @@ pub enum Request {
     Exam {
         study_uid: String,
     },
+    /// The last delivery steps, newest first (UIDs and codes only).
+    Exchanges {
+        limit: u32,
+    },
     /// The next exam whose lot must be built, with everything needed to build it; exams in
     /// `skip` (the publisher failed on them recently) are passed over.
     NextWork {
@@ -115,6 +120,7 @@ pub enum Response {
     Study(Option<crate::archive::model::StudyView>),
     Exams(Vec<crate::archive::model::ExamView>),
     Exam(Option<Box<crate::archive::model::ExamHistory>>),
+    Exchanges(Vec<crate::archive::model::ExchangeRecord>),
     Work(Option<crate::archive::model::Work>),
     LotRecorded { seq: u32 },
     ProgressRecorded,

@@ -426,6 +426,13 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
     let mut retries = 0u64;
     let mut archive: Option<ipc::Client> = None;
     let mut next_poll = Instant::now();
+    // Whether the DMP could be reached at the last probe or exchange, and when (unix seconds).
+    let mut reach: Option<(bool, u64)> = None;
+    let mut next_probe = Instant::now();
+    let probe_interval = config
+        .dmp
+        .as_ref()
+        .map_or(Duration::from_secs(60), |d| d.probe_interval);
     // Exams whose lot could not be built, and when to try again (so one bad exam never holds
     // the others back).
     let mut retry: std::collections::HashMap<String, Instant> = Default::default();
@@ -441,12 +448,25 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
             .into_iter()
             .chain(signing_days.map(|d| ("signing_certificate_days_left".to_string(), d)))
             .chain(dmp_days.map(|d| ("dmp_authentication_certificate_days_left".to_string(), d)))
+            .chain(reach.iter().flat_map(|(ok, at)| {
+                [
+                    ("dmp_reachable".to_string(), u64::from(*ok)),
+                    ("dmp_checked_unix".to_string(), *at),
+                ]
+            }))
             .collect()
         });
         let Some((settings, signer, dmp)) = &ready else {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         };
+        if let Some(d) = dmp.as_ref().filter(|_| Instant::now() >= next_probe) {
+            let ok = probe_dmp(d, &mut reporter);
+            reach = Some((ok, unix_now()));
+            // Unreachable: look again soon, so the page shows the recovery quickly.
+            next_probe = Instant::now() + if ok { probe_interval } else { PROBE_WHEN_DOWN };
+            continue;
+        }
         if Instant::now() < next_poll {
             std::thread::sleep(Duration::from_millis(50));
             continue;
@@ -516,7 +536,16 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
                     lost: false,
                 };
                 let uid = work.study_uid.as_str();
-                match crate::dmp::deliver::deliver(dmp, &work, &mut effects) {
+                let outcome = crate::dmp::deliver::deliver(dmp, &work, &mut effects);
+                match &outcome {
+                    Ok(crate::exam::LotStatus::Accepted | crate::exam::LotStatus::Refused) => {
+                        // The DMP answered: it is reachable.
+                        reach = Some((true, unix_now()));
+                        next_probe = Instant::now() + probe_interval;
+                    }
+                    _ => {}
+                }
+                match &outcome {
                     Ok(crate::exam::LotStatus::Accepted) => {
                         published += 1;
                         log::info!(study_uid = uid; "lot {} published", work.lot.facts.seq);
@@ -532,6 +561,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
                         retries += 1;
                         log::info!(study_uid = uid; "lot {} not delivered yet; retry later", work.lot.facts.seq);
                         next_poll = Instant::now();
+                        // Say on the status page whether the DMP can be reached at all.
+                        next_probe = Instant::now();
                     }
                     Err(e) => {
                         if effects.lost {
@@ -549,6 +580,27 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
     }
     log::info!("publisher stopped");
     Ok(())
+}
+
+/// How soon to probe again a DMP that could not be reached.
+const PROBE_WHEN_DOWN: Duration = Duration::from_secs(10);
+
+fn unix_now() -> u64 {
+    (crate::archive::now_ms() / 1000).max(0) as u64
+}
+
+/// One reachability probe (TLS handshake, nothing sent); its failure becomes the service's
+/// last error, which the status page shows with it.
+fn probe_dmp(dmp: &crate::dmp::deliver::Dmp, reporter: &mut crate::control::Reporter) -> bool {
+    let timeout = dmp.timeout.min(Duration::from_secs(5));
+    match crate::dmp::http::probe(&dmp.repository_url, dmp.tls.clone(), timeout) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("the DMP cannot be reached: {e}");
+            reporter.error(format!("the DMP cannot be reached: {e}"));
+            false
+        }
+    }
 }
 
 /// Timings of building lots (KOS, signature, metadata) for a synthetic exam of `instances`

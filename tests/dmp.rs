@@ -292,6 +292,24 @@ fn a_ready_exam_is_published_once_with_a_verifiable_vihf() {
             .starts_with("1 published"),
         "{snap}"
     );
+    // It lists the exchange, and says the DMP is reachable.
+    let last = &snap["dmp_exchanges"][0];
+    assert_eq!(last["study_uid"], STUDY, "{snap}");
+    assert_eq!(last["transactions"], "ITI-41");
+    assert_eq!(last["outcome"], "accepted");
+    assert_eq!(
+        snap["dmp_exchanges"][1]["outcome"], "sent, awaiting the answer",
+        "{snap}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.snapshot()["dmp"]["details"][0]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("DMP reachable (checked ")
+    {
+        assert!(Instant::now() < deadline, "{}", b.snapshot());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -788,6 +806,24 @@ fn a_dmp_that_refuses_our_certificate_is_reported_and_nothing_is_lost() {
             .unwrap()
             .contains("the DMP cannot be reached: ")
             && r.as_str().unwrap().contains("TLS")),
+        "{snap}"
+    );
+    // The probe says so too, on its own.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let snap = b.snapshot();
+        let d = snap["dmp"]["details"][0].as_str().unwrap_or("").to_string();
+        if d.starts_with("DMP not reachable (checked ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed probe shown: {snap}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        snap["dmp_exchanges"][0]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("retry scheduled: "),
         "{snap}"
     );
     let _ = child.kill();

@@ -41,6 +41,8 @@ const STUDY_REPORTS: MultimapTableDefinition<&str, &str> =
 /// Lots built for exams, keyed `<study>/<seq, 6 digits>` (JSON `LotRow`): the exam's history,
 /// never deleted.
 const LOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("lots");
+/// Delivery steps in commit order (key: a counter), for the status page's last exchanges.
+const EXCHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("exchanges");
 
 pub const SCHEMA_VERSION: &str = "1";
 
@@ -543,6 +545,34 @@ pub fn update_lot(txn: &WriteTransaction, study_uid: &str, row: &LotRow) -> Resu
         encode(row).as_slice(),
     )?;
     Ok(())
+}
+
+/// Appends a delivery step to the exchange log (in the caller's transaction, so the step and
+/// its log line commit together).
+pub fn append_exchange(
+    txn: &WriteTransaction,
+    record: &super::model::ExchangeRecord,
+) -> Result<(), DbError> {
+    let mut t = txn.open_table(EXCHANGES)?;
+    let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
+    t.insert(next, encode(record).as_slice())?;
+    Ok(())
+}
+
+/// The last `limit` delivery steps, newest first.
+pub fn last_exchanges(db: &Db, limit: usize) -> Result<Vec<super::model::ExchangeRecord>, DbError> {
+    let txn = db.read()?;
+    let t = match txn.open_table(EXCHANGES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in t.iter()?.rev().take(limit) {
+        let (k, v) = entry?;
+        out.push(decode(&k.value().to_string(), v.value())?);
+    }
+    Ok(out)
 }
 
 /// The next lot number of the box, durably reserved (UIDs are made from it, so it is never

@@ -136,9 +136,30 @@ pub fn record_progress(db: &Db, layout: &Layout, p: &LotProgress) -> Result<(), 
         fsync_dir(&dir).map_err(|e| resources("fsync of the lot", e))?;
     }
     lot.facts.status = p.status;
+    let record = crate::archive::model::ExchangeRecord {
+        at_ms: now_ms(),
+        study_uid: p.study_uid.clone(),
+        lot_seq: p.seq,
+        action: lot.facts.action,
+        transactions: p
+            .exchange
+            .iter()
+            .filter_map(|(n, _)| crate::archive::model::ExchangeRecord::transaction_of(n))
+            .fold(Vec::new(), |mut v, t| {
+                if !v.contains(&t) {
+                    v.push(t);
+                }
+                v
+            }),
+        status: p.status,
+        attempts: delivery.attempts,
+        error: delivery.last_error.clone(),
+        dmp_errors: delivery.errors.iter().map(|(c, _)| c.clone()).collect(),
+    };
     lot.delivery = delivery;
     let txn = db.begin_write().map_err(db_failure)?;
     db::update_lot(&txn, &p.study_uid, &lot).map_err(db_failure)?;
+    db::append_exchange(&txn, &record).map_err(db_failure)?;
     txn.commit().map_err(db_failure)?;
     Ok(())
 }

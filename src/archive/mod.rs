@@ -253,6 +253,10 @@ fn answer(
             Ok(h) => Response::Exam(h.map(Box::new)),
             Err(e) => Response::Error(db_failure(e)),
         },
+        Request::Exchanges { limit } => match db::last_exchanges(db, limit.min(500) as usize) {
+            Ok(v) => Response::Exchanges(v),
+            Err(e) => Response::Error(db_failure(e)),
+        },
         Request::Exams => match db.exams(policy) {
             Ok(v) => Response::Exams(v),
             Err(e) => Response::Error(db_failure(e)),

@@ -285,3 +285,47 @@ pub struct ExamWork {
     /// The accepted lot this one replaces, if any.
     pub previous: Option<LotRow>,
 }
+
+/// One committed step of a lot's delivery, as the status page lists the last ones: when, which
+/// lot, which transactions the step carried, and where it left the lot. UIDs and codes only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeRecord {
+    pub at_ms: i64,
+    pub study_uid: String,
+    pub lot_seq: u32,
+    pub action: crate::exam::LotAction,
+    /// `ITI-41`, `ITI-18`, `ITI-57` (none: a commit before the request leaves).
+    pub transactions: Vec<String>,
+    pub status: crate::exam::LotStatus,
+    pub attempts: u32,
+    pub error: Option<String>,
+    /// The DMP's error codes when it refused the lot.
+    pub dmp_errors: Vec<String>,
+}
+
+impl ExchangeRecord {
+    /// The transaction a kept exchange file belongs to: `ITI41-2-request.mtom` → `ITI-41`.
+    pub fn transaction_of(file: &str) -> Option<String> {
+        let kind = file.split('-').next()?;
+        let digits = kind.strip_prefix("ITI")?;
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| format!("ITI-{digits}"))
+    }
+
+    /// What the step came to, in an operator's words.
+    pub fn outcome(&self) -> String {
+        use crate::exam::LotStatus::*;
+        match (self.status, &self.error) {
+            (Accepted, _) => "accepted".into(),
+            (Refused, _) if !self.dmp_errors.is_empty() => {
+                format!("refused: {}", self.dmp_errors.join(", "))
+            }
+            (Refused, e) => format!("refused: {}", e.as_deref().unwrap_or("no reason given")),
+            (Sending, Some(e)) => format!("retry scheduled: {e}"),
+            (Sending, None) if self.transactions.is_empty() => "about to be sent".into(),
+            (Sending, None) => "sent, awaiting the answer".into(),
+            (Built, _) => "not sent".into(),
+            (Superseded, _) => "superseded".into(),
+        }
+    }
+}

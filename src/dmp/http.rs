@@ -193,15 +193,19 @@ pub fn read_message(r: &mut impl BufRead) -> Result<Message, HttpError> {
     })
 }
 
-/// POSTs `body` to `url` over TLS with `tls` (the client certificate inside), waits at most
-/// `timeout` for each read/write. The answer, whatever its status.
-pub fn post(
+/// A TLS connection to the host of `url` (handshake not yet done) and the URL's path.
+fn connect(
     url: &str,
-    content_type: &str,
-    body: &[u8],
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
-) -> Result<Message, HttpError> {
+) -> Result<
+    (
+        rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+        String,
+        String,
+    ),
+    HttpError,
+> {
     let (host, port, path) = split_url(url)?;
     let addr = (host.as_str(), port)
         .to_socket_addrs()
@@ -221,7 +225,19 @@ pub fn post(
         .map_err(|e| HttpError::Tls(e.to_string()))?;
     let conn =
         rustls::ClientConnection::new(tls, name).map_err(|e| HttpError::Tls(e.to_string()))?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    Ok((rustls::StreamOwned::new(conn, tcp), host, path))
+}
+
+/// POSTs `body` to `url` over TLS with `tls` (the client certificate inside), waits at most
+/// `timeout` for each read/write. The answer, whatever its status.
+pub fn post(
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Message, HttpError> {
+    let (mut stream, host, path) = connect(url, tls, timeout)?;
     stream
         .write_all(&request_bytes(&host, &path, content_type, body, &[]))
         .map_err(tls_or_io)?;
@@ -231,6 +247,37 @@ pub fn post(
         HttpError::Io(io) => tls_or_io(io),
         other => other,
     })
+}
+
+/// Whether the DMP can be reached without sending it anything: a TCP connection and a full
+/// TLS handshake with the practice's certificate (so a refused or expired certificate shows
+/// here too, as the server's alert), then a clean close. The DMP has no ping transaction.
+pub fn probe(
+    url: &str,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<(), HttpError> {
+    let (mut stream, _, _) = connect(url, tls, timeout)?;
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .map_err(tls_or_io)?;
+    }
+    // TLS 1.3 servers check the client certificate after the client's Finished: a refusal
+    // arrives as an alert on the first read. Wait briefly for it.
+    let _ = stream
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(300)));
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {}
+        Err(e) => return Err(tls_or_io(e)),
+        Ok(_) => {}
+    }
+    stream.conn.send_close_notify();
+    let _ = stream.conn.complete_io(&mut stream.sock);
+    Ok(())
 }
 
 /// rustls reports handshake failures as I/O errors carrying its error: say they are TLS.

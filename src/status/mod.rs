@@ -79,6 +79,7 @@ pub fn collect(config: &Config) -> Snapshot {
     if let Some(e) = &exams {
         let n = |label: &str| e.by_state.get(label).copied().unwrap_or(0);
         snapshot.dmp = Section {
+            details: Vec::new(),
             configured: config.dmp.is_some(),
             summary: if config.dmp.is_some() {
                 format!(
@@ -119,7 +120,91 @@ pub fn collect(config: &Config) -> Snapshot {
         }
     }
     snapshot.exams = exams;
+    if config.dmp.is_some() {
+        let reach = dmp_reachability(&snapshot.services);
+        if let Some(r) = &reach {
+            snapshot.dmp.details.push(r.line());
+            let already = snapshot
+                .reasons
+                .iter()
+                .any(|x| x.starts_with("the DMP cannot be reached"));
+            if !r.reachable && !already {
+                if snapshot.verdict == Verdict::Ok {
+                    snapshot.verdict = Verdict::Degraded;
+                }
+                snapshot
+                    .reasons
+                    .push(format!("the DMP cannot be reached: {}", r.reason));
+            }
+        }
+        snapshot.dmp_exchanges = ipc::Client::connect(
+            &config.storage.run_dir,
+            Role::Reader,
+            Duration::from_secs(3),
+        )
+        .and_then(|mut c| c.call(&Request::Exchanges { limit: 20 }))
+        .ok()
+        .and_then(|r| match r {
+            Response::Exchanges(v) => Some(v.iter().map(exchange_line).collect()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    }
     snapshot
+}
+
+/// What the publisher's last probe of the DMP said (a TLS handshake with the practice's
+/// certificate, or a real exchange).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reachability {
+    pub reachable: bool,
+    pub checked_unix: u64,
+    pub reason: String,
+}
+
+impl Reachability {
+    pub fn line(&self) -> String {
+        let at = rfc3339(self.checked_unix as i64 * 1000);
+        if self.reachable {
+            format!("DMP reachable (checked {at})")
+        } else {
+            format!("DMP not reachable (checked {at}): {}", self.reason)
+        }
+    }
+}
+
+/// The publisher reports `dmp_reachable` (0/1) and `dmp_checked_unix`, and the probe's error
+/// as its last error. None before its first probe.
+pub fn dmp_reachability(services: &[model::ServiceStatus]) -> Option<Reachability> {
+    let p = services.iter().find(|s| s.name == "publisher")?;
+    let reachable = *p.counters.get("dmp_reachable")? == 1;
+    Some(Reachability {
+        reachable,
+        checked_unix: p.counters.get("dmp_checked_unix").copied().unwrap_or(0),
+        reason: if reachable {
+            String::new()
+        } else {
+            let e = p.last_error.as_deref().unwrap_or("no reason given");
+            e.strip_prefix("the DMP cannot be reached: ")
+                .unwrap_or(e)
+                .to_string()
+        },
+    })
+}
+
+pub fn exchange_line(r: &crate::archive::model::ExchangeRecord) -> model::ExchangeLine {
+    model::ExchangeLine {
+        at: rfc3339(r.at_ms),
+        study_uid: r.study_uid.clone(),
+        lot: r.lot_seq,
+        action: serde_json::to_value(r.action)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        transactions: r.transactions.join(" + "),
+        attempts: r.attempts,
+        outcome: r.outcome(),
+    }
 }
 
 /// Most exam lines the page lists.
@@ -179,6 +264,7 @@ pub fn build(
         archive,
         exams: None,
         dmp: Section::not_configured(),
+        dmp_exchanges: Vec::new(),
         whitelist: Section::not_configured(),
         ota: Section::not_configured(),
     }
@@ -561,6 +647,62 @@ mod tests {
             ready: true,
             services: states.iter().map(|(n, s)| svc(n, *s)).collect(),
         }
+    }
+
+    #[test]
+    fn reachability_comes_from_the_publishers_probe() {
+        let mut h = health(0, &[("publisher", ServiceState::Ready)]);
+        assert_eq!(dmp_reachability(&h.services), None, "no probe yet");
+        let p = &mut h.services[0];
+        p.counters.insert("dmp_reachable".into(), 0);
+        p.counters.insert("dmp_checked_unix".into(), 1_796_212_800);
+        p.last_error = Some("the DMP cannot be reached: TLS: alert received".into());
+        let r = dmp_reachability(&h.services).unwrap();
+        assert_eq!(
+            r.line(),
+            "DMP not reachable (checked 2026-12-02T12:00:00Z): TLS: alert received"
+        );
+        h.services[0].counters.insert("dmp_reachable".into(), 1);
+        let r = dmp_reachability(&h.services).unwrap();
+        assert_eq!(r.line(), "DMP reachable (checked 2026-12-02T12:00:00Z)");
+    }
+
+    #[test]
+    fn exchange_lines_say_what_each_step_came_to() {
+        use crate::archive::model::ExchangeRecord;
+        use crate::exam::{LotAction, LotStatus};
+        assert_eq!(
+            ExchangeRecord::transaction_of("ITI41-2-request.mtom").as_deref(),
+            Some("ITI-41")
+        );
+        assert_eq!(ExchangeRecord::transaction_of("SIGN_1.XML"), None);
+        let mut r = ExchangeRecord {
+            at_ms: 0,
+            study_uid: "1.2.3".into(),
+            lot_seq: 2,
+            action: LotAction::Replace,
+            transactions: vec!["ITI-18".into(), "ITI-41".into()],
+            status: LotStatus::Refused,
+            attempts: 1,
+            error: None,
+            dmp_errors: vec!["XDSPatientIdDoesNotMatch".into()],
+        };
+        let l = exchange_line(&r);
+        assert_eq!(
+            (
+                l.action.as_str(),
+                l.transactions.as_str(),
+                l.outcome.as_str()
+            ),
+            (
+                "replace",
+                "ITI-18 + ITI-41",
+                "refused: XDSPatientIdDoesNotMatch"
+            )
+        );
+        r.status = LotStatus::Sending;
+        r.error = Some("timed out".into());
+        assert_eq!(r.outcome(), "retry scheduled: timed out");
     }
 
     fn disk(used: f64) -> Disk {

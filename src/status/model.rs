@@ -32,6 +32,9 @@ pub struct Snapshot {
     pub exams: Option<Exams>,
     /// Sections later steps fill; each says "not configured" until then, never a made-up value.
     pub dmp: Section,
+    /// The last steps of deliveries to the DMP, newest first.
+    #[serde(default)]
+    pub dmp_exchanges: Vec<ExchangeLine>,
     pub whitelist: Section,
     pub ota: Section,
 }
@@ -144,6 +147,24 @@ pub struct Section {
     pub configured: bool,
     /// Human-readable one-liner, e.g. "not configured".
     pub summary: String,
+    /// Further facts, one short line each (reachability, dates).
+    #[serde(default)]
+    pub details: Vec<String>,
+}
+
+/// One step of a delivery to the DMP, as the page lists it: UIDs, codes and outcomes only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeLine {
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub study_uid: String,
+    pub lot: u32,
+    /// `publish`, `replace`, `unpublish`.
+    pub action: String,
+    /// `ITI-41`, `ITI-18 + ITI-41`, … (empty: committed before the request left).
+    pub transactions: String,
+    pub attempts: u32,
+    pub outcome: String,
 }
 
 impl Section {
@@ -151,6 +172,7 @@ impl Section {
         Section {
             configured: false,
             summary: "not configured".into(),
+            details: Vec::new(),
         }
     }
 }

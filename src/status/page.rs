@@ -258,7 +258,9 @@ pub fn render_html(s: &Snapshot) -> String {
     render_section(&mut h, "dmp", "DMP publications", &s.dmp);
     render_section(&mut h, "whitelist", "Whitelist", &s.whitelist);
     render_section(&mut h, "ota", "OTA updates", &s.ota);
-    h.push_str("</div>\n</main>\n");
+    h.push_str("</div>\n");
+    render_exchanges(&mut h, &s.dmp_exchanges);
+    h.push_str("</main>\n");
     let _ = writeln!(
         h,
         "<footer>Machine-readable: <a href=\"status.json\">status.json</a> \u{b7} \
@@ -544,11 +546,43 @@ fn render_section(h: &mut String, key: &str, title: &str, sec: &Section) {
     let _ = write!(
         h,
         "<section class=\"card section{}\" data-section=\"{key}\" data-configured=\"{}\">\n\
-         <h2>{title}</h2>\n<div class=\"summary\">{}</div>\n</section>\n",
+         <h2>{title}</h2>\n<div class=\"summary\">{}</div>\n",
         if sec.configured { "" } else { " off" },
         sec.configured,
         escape(summary),
     );
+    for line in &sec.details {
+        let _ = writeln!(h, "<div class=\"meta detail\">{}</div>", escape(line));
+    }
+    h.push_str("</section>\n");
+}
+
+/// The last steps of deliveries to the DMP (nothing when there were none).
+fn render_exchanges(h: &mut String, lines: &[crate::status::model::ExchangeLine]) {
+    if lines.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<section class=\"card exchanges\" data-section=\"dmp-exchanges\">\n\
+         <h2>Last DMP exchanges</h2>\n<table class=\"exams\"><thead><tr><th>When</th>\
+         <th>Study</th><th>Lot</th><th>Action</th><th>Transactions</th><th>Attempts</th>\
+         <th>Outcome</th></tr></thead><tbody>\n",
+    );
+    for l in lines {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td class=\"uid\">{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td></tr>",
+            escape(&human_time(&l.at)),
+            escape(&l.study_uid),
+            l.lot,
+            escape(&l.action),
+            escape(&l.transactions),
+            l.attempts,
+            escape(&l.outcome)
+        );
+    }
+    h.push_str("</tbody></table>\n</section>\n");
 }
 
 /// Hand-built snapshots shared by the unit tests of the status modules.
@@ -613,6 +647,7 @@ pub(crate) mod fixtures {
             }),
             exams: None,
             dmp: Section::not_configured(),
+            dmp_exchanges: Vec::new(),
             whitelist: Section::not_configured(),
             ota: Section::not_configured(),
         }
@@ -637,6 +672,7 @@ pub(crate) mod fixtures {
         r.last_error = Some("exited with status 101 <after> \"panic\" & 'restart'".into());
         s.archive.as_mut().unwrap().missing_files = 2;
         s.whitelist = Section {
+            details: Vec::new(),
             configured: true,
             summary: "1 240 entries, updated 2026-12-02 06:00 UTC".into(),
         };
@@ -905,7 +941,17 @@ mod tests {
         s.services[0].last_error = Some(evil.into());
         s.services[0].counters.insert(evil.into(), 1);
         s.disk.as_mut().unwrap().path = evil.into();
+        s.dmp_exchanges = vec![crate::status::model::ExchangeLine {
+            at: "2026-12-02T10:00:00Z".into(),
+            study_uid: "<script>".into(),
+            lot: 1,
+            action: "publish".into(),
+            transactions: "ITI-41".into(),
+            attempts: 1,
+            outcome: "retry scheduled: <b>x</b>".into(),
+        }];
         s.dmp = Section {
+            details: vec!["<i>detail</i>".into()],
             configured: true,
             summary: evil.into(),
         };
@@ -915,6 +961,8 @@ mod tests {
         assert!(!h.contains("'x'"));
         assert!(h.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&quot;&gt;"));
         assert!(h.contains("data-service=\"&lt;script&gt;"));
+        assert!(!h.contains("<b>x") && !h.contains("<i>detail"));
+        assert!(h.contains("Last DMP exchanges") && h.contains("retry scheduled: &lt;b&gt;x"));
     }
 
     #[test]
@@ -934,6 +982,7 @@ mod tests {
         let mut s = fixtures::ok();
         s.services.clear();
         s.ota = Section {
+            details: Vec::new(),
             configured: true,
             summary: " ".into(),
         };
