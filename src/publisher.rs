@@ -537,13 +537,12 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), PublisherError>
                 };
                 let uid = work.study_uid.as_str();
                 let outcome = crate::dmp::deliver::deliver(dmp, &work, &mut effects);
-                match &outcome {
-                    Ok(crate::exam::LotStatus::Accepted | crate::exam::LotStatus::Refused) => {
-                        // The DMP answered: it is reachable.
-                        reach = Some((true, unix_now()));
-                        next_probe = Instant::now() + probe_interval;
-                    }
-                    _ => {}
+                if let Ok(crate::exam::LotStatus::Accepted | crate::exam::LotStatus::Refused) =
+                    &outcome
+                {
+                    // The DMP answered: it is reachable.
+                    reach = Some((true, unix_now()));
+                    next_probe = Instant::now() + probe_interval;
                 }
                 match &outcome {
                     Ok(crate::exam::LotStatus::Accepted) => {
