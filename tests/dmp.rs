@@ -204,6 +204,76 @@ fn send_study(b: &DrimBox, uid: &str, seed: &str) -> (tempfile::TempDir, Vec<Pat
     (images, files)
 }
 
+/// Checks with xmlsec1, against the practice's CA, the VIHF of every request the box kept
+/// (ITI-41, ITI-18, ITI-57) and the lot signature every ITI-41 carries, so the simulator and
+/// the publisher cannot share a canonicalisation bug unnoticed. Returns how many requests.
+fn every_request_verifies(b: &DrimBox, pki: &Path) -> usize {
+    let ca = pki.join("dmp-ca.pem");
+    let xmlsec = |args: &[&str], file: &Path| {
+        let o = Command::new("xmlsec1")
+            .arg("--verify")
+            .args(args)
+            .arg("--trusted-pem")
+            .arg(&ca)
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "xmlsec1 on {}: {}",
+            file.display(),
+            text(&o)
+        );
+    };
+    let vihf = [
+        "--id-attr:ID",
+        "urn:oasis:names:tc:SAML:2.0:assertion:Assertion",
+    ];
+    let scratch = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for study in fs::read_dir(b.data_dir.join("lots")).unwrap() {
+        for lot in fs::read_dir(study.unwrap().path()).unwrap() {
+            for f in fs::read_dir(lot.unwrap().path()).unwrap() {
+                let path = f.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                if !name.contains("-request.") {
+                    continue;
+                }
+                let bytes = fs::read(&path).unwrap();
+                let envelope = scratch.path().join(format!("{checked}-envelope.xml"));
+                if name.ends_with(".mtom") {
+                    let first_line = bytes.split(|&c| c == b'\r').next().unwrap();
+                    let boundary = String::from_utf8_lossy(&first_line[2..]).to_string();
+                    let m = drimbox::dmp::mtom::parse(
+                        &format!("multipart/related; boundary=\"{boundary}\""),
+                        &bytes,
+                    )
+                    .unwrap();
+                    fs::write(&envelope, &m.parts[0].body).unwrap();
+                    let sign = scratch.path().join(format!("{checked}-sign.xml"));
+                    fs::write(&sign, &m.by_cid("sign@drimbox").unwrap().body).unwrap();
+                    xmlsec(
+                        &[
+                            "--ignore-manifests",
+                            "--id-attr:Id",
+                            "Manifest",
+                            "--id-attr:Id",
+                            "http://uri.etsi.org/01903/v1.1.1#:SignedProperties",
+                        ],
+                        &sign,
+                    );
+                } else {
+                    fs::write(&envelope, &bytes).unwrap();
+                }
+                run_ok(Command::new("xmllint").arg("--noout").arg(&envelope));
+                xmlsec(&vihf, &envelope);
+                checked += 1;
+            }
+        }
+    }
+    checked
+}
+
 fn lot_dir(b: &DrimBox) -> PathBuf {
     b.data_dir.join("lots").join(STUDY).join("SS000001")
 }
@@ -237,51 +307,8 @@ fn a_ready_exam_is_published_once_with_a_verifiable_vihf() {
     let dir = lot_dir(&b);
     let request = fs::read(dir.join("ITI41-1-request.mtom")).unwrap();
     assert!(dir.join("ITI41-1-response.http").is_file());
-    // The VIHF in its header verifies with xmlsec1 against the practice's CA.
-    let first_line = request.split(|&c| c == b'\r').next().unwrap();
-    let boundary = String::from_utf8_lossy(&first_line[2..]).to_string();
-    let m = drimbox::dmp::mtom::parse(
-        &format!("multipart/related; boundary=\"{boundary}\""),
-        &request,
-    )
-    .unwrap();
-    let envelope = pki.path().join("envelope.xml");
-    fs::write(&envelope, &m.parts[0].body).unwrap();
-    run_ok(Command::new("xmllint").arg("--noout").arg(&envelope));
-    let o = Command::new("xmlsec1")
-        .args([
-            "--verify",
-            "--id-attr:ID",
-            "urn:oasis:names:tc:SAML:2.0:assertion:Assertion",
-            "--trusted-pem",
-        ])
-        .arg(pki.path().join("dmp-ca.pem"))
-        .arg(&envelope)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "xmlsec1 on the VIHF: {}", text(&o));
-    // And the lot signature it carries, too.
-    let sign = pki.path().join("sign.xml");
-    fs::write(&sign, &m.by_cid("sign@drimbox").unwrap().body).unwrap();
-    let o = Command::new("xmlsec1")
-        .args([
-            "--verify",
-            "--ignore-manifests",
-            "--id-attr:Id",
-            "Manifest",
-            "--id-attr:Id",
-            "http://uri.etsi.org/01903/v1.1.1#:SignedProperties",
-            "--trusted-pem",
-        ])
-        .arg(pki.path().join("dmp-ca.pem"))
-        .arg(&sign)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "xmlsec1 on the lot signature: {}",
-        text(&o)
-    );
+    // Its VIHF and lot signature verify with xmlsec1 against the practice's CA.
+    assert_eq!(every_request_verifies(&b, pki.path()), 2, "ITI-41, then ITI-18");
 
     // The status page counts it.
     let snap = b.snapshot();
@@ -295,7 +322,7 @@ fn a_ready_exam_is_published_once_with_a_verifiable_vihf() {
     // It lists the exchange, and says the DMP is reachable.
     let last = &snap["dmp_exchanges"][0];
     assert_eq!(last["study_uid"], STUDY, "{snap}");
-    assert_eq!(last["transactions"], "ITI-41");
+    assert_eq!(last["transactions"], "ITI-41 + ITI-18");
     assert_eq!(last["outcome"], "accepted");
     assert_eq!(
         snap["dmp_exchanges"][1]["outcome"], "sent, awaiting the answer",
@@ -425,6 +452,9 @@ fn a_replacement_report_replaces_the_published_kos_with_rplc() {
     );
     let dump = run_ok(Command::new("dcmdump").arg(second.join("KOS_1_1.DCM")));
     assert!(dump.contains("(0020,0013) IS [2]"), "{dump}");
+    // Every request of every transaction: VIHF (and lot signature) checked by xmlsec1.
+    let checked = every_request_verifies(&b, pki.path());
+    assert!(checked >= 3, "only {checked} request(s) kept");
 }
 
 #[test]
@@ -571,6 +601,9 @@ fn a_deletion_report_withdraws_the_kos_and_the_history_stays() {
         ]),
         2
     );
+    // Every request of every transaction: VIHF (and lot signature) checked by xmlsec1.
+    let checked = every_request_verifies(&b, pki.path());
+    assert!(checked >= 2, "only {checked} request(s) kept");
 }
 
 #[test]
@@ -625,6 +658,9 @@ fn iocm_rejections_replace_then_withdraw_the_kos() {
         statuses(&sim),
         ["Approved", "Approved", "Deleted", "Deprecated"]
     );
+    // Every request of every transaction: VIHF (and lot signature) checked by xmlsec1.
+    let checked = every_request_verifies(&b, pki.path());
+    assert!(checked >= 3, "only {checked} request(s) kept");
 }
 
 #[test]

@@ -118,6 +118,12 @@ fn query(dmp: &Dmp, vihf: &str, unique_id: &str, message_id: &str) -> Result<Fou
     }
 }
 
+/// Keeps an ITI-18's request and answer with the exchange of attempt `n`.
+fn keep_query(exchange: &mut Vec<(String, Vec<u8>)>, n: u32, found: Found) {
+    exchange.push((format!("ITI18-{n}-request.xml"), found.request));
+    exchange.push((format!("ITI18-{n}-response.xml"), found.answer));
+}
+
 fn file(work: &SendWork, name: &str) -> Result<Vec<u8>, String> {
     let (_, b64) = work
         .files
@@ -203,7 +209,7 @@ pub fn deliver(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<
         delivery: d.clone(),
         exchange: vec![(format!("ITI41-{n}-request.mtom"), body.clone())],
     })?;
-    let (reply, exchange) = send(
+    let (reply, mut exchange) = send(
         dmp,
         &dmp.repository_url,
         &content_type,
@@ -223,6 +229,7 @@ pub fn deliver(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<
             let qid = effects.new_uuid();
             if let Ok(found) = query(dmp, &vihf, &kos_uid, &qid) {
                 d.entry_uuid = found.refs.first().cloned();
+                keep_query(&mut exchange, n, found);
             }
             LotStatus::Accepted
         }
@@ -234,6 +241,7 @@ pub fn deliver(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<
                 Ok(found) if !found.refs.is_empty() => {
                     d.entry_uuid = found.refs.first().cloned();
                     d.accepted_ms = Some(effects.now_ms());
+                    keep_query(&mut exchange, n, found);
                     LotStatus::Accepted
                 }
                 _ => {
