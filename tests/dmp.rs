@@ -166,10 +166,19 @@ fn publish_one_with_images(
     pki: &Path,
     sim: &Simulator,
 ) -> (DrimBox, tempfile::TempDir, Vec<PathBuf>) {
+    publish_one_in(pki, sim, Settings::default())
+}
+
+/// The same, in a box started with `settings` (its DMP configuration and stability added).
+fn publish_one_in(
+    pki: &Path,
+    sim: &Simulator,
+    settings: Settings,
+) -> (DrimBox, tempfile::TempDir, Vec<PathBuf>) {
     let b = DrimBox::start(Settings {
         stable_after_seconds: 1,
         extra_config: config(pki, sim.port),
-        ..Settings::default()
+        ..settings
     });
     let (images, files) = send_study(&b, STUDY, "dmp");
     let ack = mllp_send(
@@ -305,10 +314,14 @@ fn a_ready_exam_is_published_once_with_a_verifiable_vihf() {
 
     // The request and the answer are kept with the lot.
     let dir = lot_dir(&b);
-    let request = fs::read(dir.join("ITI41-1-request.mtom")).unwrap();
+    assert!(dir.join("ITI41-1-request.mtom").is_file());
     assert!(dir.join("ITI41-1-response.http").is_file());
     // Its VIHF and lot signature verify with xmlsec1 against the practice's CA.
-    assert_eq!(every_request_verifies(&b, pki.path()), 2, "ITI-41, then ITI-18");
+    assert_eq!(
+        every_request_verifies(&b, pki.path()),
+        2,
+        "ITI-41, then ITI-18"
+    );
 
     // The status page counts it.
     let snap = b.snapshot();
@@ -960,4 +973,126 @@ fn a_patients_exams_reach_the_dmp_in_the_order_they_arose() {
         "recorded out of order: {first} then {second}"
     );
     assert_eq!(entries(&sim).len(), 4, "one KOS and one signature each");
+}
+
+/// The lot `seq` of the exam, as `drimbox exam --json` shows it.
+fn lot_line(b: &DrimBox, seq: u64) -> serde_json::Value {
+    let out = run_ok(
+        Command::new(bin())
+            .args(["exam", STUDY, "--json", "--config"])
+            .arg(b.dir.path().join("drimbox.toml")),
+    );
+    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    h["lots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["seq"] == seq)
+        .cloned()
+        .unwrap_or_else(|| panic!("no lot {seq}: {h}"))
+}
+
+/// An ITI-57 the DMP recorded but whose answer was lost: settled by ITI-18 FindDocuments
+/// (the entry is Deleted already), not sent again (a second one would be refused).
+#[test]
+fn a_withdrawal_whose_answer_was_lost_is_settled_by_a_query() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    let sim = Simulator::start(pki.path(), &[]);
+    let port = sim.port;
+    let b = publish_one(pki.path(), &sim);
+    wait_state(&b, "published", Duration::from_secs(40));
+    drop(sim);
+    let sim = Simulator::start_on(pki.path(), port, &["commit-then-drop"]);
+    let ack = mllp_send(b.hl7_port, &oru_version("CA", "D", "id-deletion"));
+    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
+    wait_lots(&b, "withdrawn", 2);
+    assert_eq!(statuses(&sim), ["Approved", "Deleted"]);
+    let lot = lot_line(&b, 2);
+    assert_eq!(lot["status"], "accepted", "{lot}");
+    let dir = b.data_dir.join("lots").join(STUDY).join("SS000002");
+    assert!(dir.join("ITI57-1-request.xml").is_file());
+    assert!(!dir.join("ITI57-2-request.xml").exists(), "sent twice");
+    let query = fs::read_to_string(dir.join("ITI18-1-request.xml")).unwrap();
+    assert!(
+        query.contains("urn:asip:ci-sis:2010:StatusType:Deleted"),
+        "{query}"
+    );
+    every_request_verifies(&b, pki.path());
+}
+
+/// Kills `services` in turn with SIGKILL, at varied moments, while the exam is on its way
+/// to `label` with `lots` lots; returns how many kills caught a lot with the DMP.
+fn kill_until(b: &DrimBox, services: &[&str], label: &str, lots: u64) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut kills, mut while_sending) = (0u32, 0u32);
+    loop {
+        let e = exams(b)
+            .into_iter()
+            .find(|e| e["study_uid"] == STUDY)
+            .unwrap();
+        if e["label"] == label && e["lots"] == lots {
+            return while_sending;
+        }
+        assert!(Instant::now() < deadline, "never {label}: {e}\n{}", b.log());
+        let busy = e["label"] == "sending to the DMP" || e["label"] == "lot built";
+        if kills < 6 && busy {
+            let service = services[kills as usize % services.len()];
+            if let Some(pid) = b.service_pid(service) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                b.wait_service_restarted(service, pid);
+                kills += 1;
+                while_sending += u32::from(e["label"] == "sending to the DMP");
+            }
+        }
+        // Varied offsets: before the request leaves, while it waits, around the answer.
+        std::thread::sleep(Duration::from_millis(120 + 170 * u64::from(kills % 4)));
+    }
+}
+
+/// kill -9 of the publisher and of the archive at every step of a replacement (ITI-41 with
+/// RPLC, then ITI-18) and of a withdrawal (ITI-57, its settling ITI-18): in the end exactly
+/// one document per exam version, the first deprecated, the second deleted, nothing refused.
+#[test]
+fn kill_9_at_each_step_of_a_replacement_and_a_withdrawal_changes_the_dmp_once() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    let sim = Simulator::start(pki.path(), &[]);
+    let port = sim.port;
+    // Killed a dozen times: the supervisor must not give up on them.
+    let settings = Settings {
+        crash_loop_count: 1000,
+        ..Settings::default()
+    };
+    let (b, _images, _) = publish_one_in(pki.path(), &sim, settings);
+    wait_state(&b, "published", Duration::from_secs(40));
+    // Slow answers from now on: every step has a window to be killed in.
+    drop(sim);
+    let sim = Simulator::start_on(pki.path(), port, &["delay=1200:1000"]);
+
+    let ack = mllp_send(b.hl7_port, &oru_version("RO", "C", "id-replacement"));
+    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
+    let caught = kill_until(&b, &["publisher", "archive"], "published", 2);
+    assert!(caught > 0, "no kill caught the replacement with the DMP");
+    assert_eq!(
+        statuses(&sim),
+        ["Approved", "Approved", "Approved", "Deprecated"],
+        "{}",
+        sim.registry()
+    );
+
+    let ack = mllp_send(b.hl7_port, &oru_version("CA", "D", "id-deletion"));
+    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
+    let caught = kill_until(&b, &["publisher", "archive"], "withdrawn", 3);
+    assert!(caught > 0, "no kill caught the withdrawal with the DMP");
+    assert_eq!(
+        statuses(&sim),
+        ["Approved", "Approved", "Deleted", "Deprecated"],
+        "{}",
+        sim.registry()
+    );
+    for seq in 1..=3 {
+        assert_eq!(lot_line(&b, seq)["status"], "accepted");
+    }
+    every_request_verifies(&b, pki.path());
 }

@@ -15,6 +15,9 @@ use crate::archive::model::{Delivery, SendWork};
 use crate::exam::LotStatus;
 use crate::signing::{SignatureAlgorithm, SigningIdentity};
 
+/// The DMP's availabilityStatus of a withdrawn document (TD3.3c).
+const DELETED: &str = "urn:asip:ci-sis:2010:StatusType:Deleted";
+
 /// The registry's answer to a uniqueId it already holds (IHE ITI TF-3 4.2.4.1).
 pub const DUPLICATE_UNIQUE_ID: &str = "XDSDuplicateUniqueIdInRegistry";
 
@@ -98,6 +101,11 @@ struct Found {
 /// Asks the registry for the entries of a KOS uniqueId (ITI-18 GetDocuments).
 fn query(dmp: &Dmp, vihf: &str, unique_id: &str, message_id: &str) -> Result<Found, String> {
     let request = soap::get_documents(message_id, &dmp.registry_url, vihf, unique_id);
+    ask(dmp, request, message_id)
+}
+
+/// Sends one ITI-18 stored query and reads the ObjectRefs of its answer.
+fn ask(dmp: &Dmp, request: String, message_id: &str) -> Result<Found, String> {
     let m = http::post(
         &dmp.registry_url,
         "application/soap+xml; charset=UTF-8; action=\"urn:ihe:iti:2007:RegistryStoredQuery\"",
@@ -116,6 +124,32 @@ fn query(dmp: &Dmp, vihf: &str, unique_id: &str, message_id: &str) -> Result<Fou
         Ok(Err(outcome)) => Err(format!("ITI-18 answered {outcome:?}")),
         Err(e) => Err(format!("ITI-18 (HTTP {}): {e}", m.status())),
     }
+}
+
+/// The entry a withdrawal lot deletes: its Association's targetObject.
+fn withdrawal_target(body: &str) -> Result<String, String> {
+    let doc = crate::xml::document::Document::parse(body.as_bytes()).map_err(|e| e.to_string())?;
+    let mut stack = vec![doc.root()];
+    while let Some(n) = stack.pop() {
+        if let Some(e) = doc.element(n) {
+            if e.is("urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0", "Association") {
+                if let Some(t) = e.attribute("targetObject") {
+                    return Ok(t.to_string());
+                }
+            }
+        }
+        stack.extend(doc.child_elements(n));
+    }
+    Err("WITHDRAWAL.XML names no entry".into())
+}
+
+/// The patient's INS as the registry indexes it (`<INS>^^^&<oid>&ISO^NH`), from the report.
+fn patient_id(work: &SendWork) -> Result<String, String> {
+    let message =
+        crate::base64::decode(work.report_base64.as_bytes()).map_err(|e| e.to_string())?;
+    let parsed = crate::hl7::message::Message::parse(&message).map_err(|e| e.to_string())?;
+    let report = crate::hl7::report::read(&parsed).map_err(|e| e.to_string())?;
+    Ok(format!("{}^^^&{}&ISO^NH", report.ins.id, report.ins.oid))
 }
 
 /// Keeps an ITI-18's request and answer with the exchange of attempt `n`.
@@ -276,6 +310,44 @@ fn withdraw(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<Lot
     let vihf = vihf_for(dmp, work, effects)?;
     let body = String::from_utf8(file(work, crate::lot::WITHDRAWAL_FILE)?)
         .map_err(|_| "WITHDRAWAL.XML is not UTF-8".to_string())?;
+    if in_doubt {
+        // Sent before, outcome unknown (crash, timeout, lost answer): is the entry Deleted
+        // already? ITI-18 FindDocuments for the patient's Deleted entries says so; only if it
+        // is not is the ITI-57 sent again.
+        let target = withdrawal_target(&body)?;
+        let qid = effects.new_uuid();
+        let request = soap::find_documents(
+            &qid,
+            &dmp.registry_url,
+            &vihf,
+            &patient_id(work)?,
+            &[DELETED],
+        );
+        match ask(dmp, request, &qid) {
+            Ok(found) if found.refs.contains(&target) => {
+                d.accepted_ms = Some(effects.now_ms());
+                d.last_error = None;
+                let mut exchange = Vec::new();
+                keep_query(&mut exchange, d.attempts, found);
+                effects.commit(Progress {
+                    status: LotStatus::Accepted,
+                    delivery: d,
+                    exchange,
+                })?;
+                return Ok(LotStatus::Accepted);
+            }
+            Ok(_) => {} // not deleted yet: send it (again)
+            Err(e) => {
+                schedule_retry(&mut d, format!("settling query: {e}"), effects);
+                effects.commit(Progress {
+                    status: LotStatus::Sending,
+                    delivery: d,
+                    exchange: Vec::new(),
+                })?;
+                return Ok(LotStatus::Sending);
+            }
+        }
+    }
     let message_id = effects.new_uuid();
     let request = soap::envelope(
         &message_id,
@@ -312,11 +384,6 @@ fn withdraw(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<Lot
         }
         Reply::Success => {
             d.accepted_ms = Some(effects.now_ms());
-            LotStatus::Accepted
-        }
-        Reply::Refused { .. } if in_doubt => {
-            d.accepted_ms = Some(effects.now_ms());
-            d.last_error = Some("already withdrawn (settled)".into());
             LotStatus::Accepted
         }
         Reply::Refused { status, errors } => {
