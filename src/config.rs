@@ -26,7 +26,35 @@ pub struct Config {
     pub publication: PublicationConfig,
     /// Where and how lots are sent; None: lots are built and kept, not sent.
     pub dmp: Option<DmpConfig>,
+    pub whitelist: WhitelistConfig,
 }
+
+/// Whom the whitelist must be signed by (DRIM-M §5.3). Absent keys: the IGC-Santé TEST root
+/// and intermediate built into the binary, and the agency's signer name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhitelistConfig {
+    /// PEM files of the roots a signer's path must end at.
+    pub trust_anchors: Vec<PathBuf>,
+    /// PEM files of intermediates the box holds (used when the list's X509Data lacks them).
+    pub intermediates: Vec<PathBuf>,
+    pub signer_cn: String,
+    pub signer_ou: String,
+}
+
+impl Default for WhitelistConfig {
+    fn default() -> Self {
+        WhitelistConfig {
+            trust_anchors: Vec::new(),
+            intermediates: Vec::new(),
+            signer_cn: DEFAULT_WHITELIST_SIGNER_CN.into(),
+            signer_ou: DEFAULT_WHITELIST_SIGNER_OU.into(),
+        }
+    }
+}
+
+/// The agency's whitelist signer (DRIM-M §5.2).
+pub const DEFAULT_WHITELIST_SIGNER_CN: &str = "Liste Blanche DRIM-M";
+pub const DEFAULT_WHITELIST_SIGNER_OU: &str = "318751275100020";
 
 /// The DMP endpoints and the credentials of the exchanges.
 #[derive(Debug, Clone, PartialEq)]
@@ -437,6 +465,7 @@ impl Config {
 
         let publication = r.publication(&mut root);
         let dmp = r.dmp(&mut root);
+        let whitelist = r.whitelist(&mut root);
 
         r.finish(root, "");
 
@@ -503,6 +532,7 @@ impl Config {
             },
             publication,
             dmp,
+            whitelist,
         })
     }
 
@@ -647,6 +677,48 @@ impl Reader {
             return None;
         }
         Some(s)
+    }
+
+    fn whitelist(&mut self, root: &mut toml::Table) -> WhitelistConfig {
+        let Some(v) = root.remove("whitelist") else {
+            return WhitelistConfig::default();
+        };
+        let k = "whitelist";
+        let mut t = self.expect_table(v, k);
+        let paths = |r: &mut Reader, t: &mut toml::Table, key: &str| -> Vec<PathBuf> {
+            let list = r.opt_str_list(t, k, key).unwrap_or_default();
+            list.into_iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    if Path::new(&p).is_absolute() {
+                        Some(PathBuf::from(p))
+                    } else {
+                        r.problem(
+                            &format!("{k}.{key}[{i}]"),
+                            format!("`{p}` must be an absolute path"),
+                        );
+                        None
+                    }
+                })
+                .collect()
+        };
+        let trust_anchors = paths(self, &mut t, "trust_anchors");
+        let intermediates = paths(self, &mut t, "intermediates");
+        let signer_cn = self
+            .opt_str(&mut t, k, "signer_cn")
+            .flatten()
+            .unwrap_or_else(|| DEFAULT_WHITELIST_SIGNER_CN.into());
+        let signer_ou = self
+            .opt_str(&mut t, k, "signer_ou")
+            .flatten()
+            .unwrap_or_else(|| DEFAULT_WHITELIST_SIGNER_OU.into());
+        self.finish(t, k);
+        WhitelistConfig {
+            trust_anchors,
+            intermediates,
+            signer_cn,
+            signer_ou,
+        }
     }
 
     fn dmp(&mut self, root: &mut toml::Table) -> Option<DmpConfig> {

@@ -159,23 +159,12 @@ pub fn ts_to_utc(ts: &str) -> String {
         return full.to_string();
     };
     let sign = if off.starts_with('-') { -1 } else { 1 };
-    let days = days_from_civil(y, mo, d);
+    let days = crate::status::days_from_civil(y, mo, d);
     let secs = days * 86_400 + h * 3600 + mi * 60 + se - sign * (oh * 3600 + om * 60);
     crate::status::rfc3339(secs * 1000)
         .chars()
         .filter(char::is_ascii_digit)
         .collect()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// The confidentiality codes of the KOS entry: the CDA's, then the message's visibility flags.

@@ -111,6 +111,11 @@ enum Cmd {
         #[arg(long)]
         fault: Vec<String>,
     },
+    /// The national whitelist of DRIMboxes.
+    Whitelist {
+        #[command(subcommand)]
+        command: WhitelistCmd,
+    },
     /// Time building the KOS and the signed lot of a synthetic exam (`scripts/bench-lot`).
     #[command(hide = true)]
     BenchLot {
@@ -143,6 +148,33 @@ enum Cmd {
 enum ExportFormat {
     #[value(name = "XDM", alias = "xdm")]
     Xdm,
+}
+
+#[derive(Subcommand)]
+enum WhitelistCmd {
+    /// Verify a whitelist file: print every check and its result; exit 0 only if it is valid
+    /// (1 invalid, 2 the file or an option cannot be used).
+    Verify {
+        file: PathBuf,
+        /// Verify at this time (RFC 3339, e.g. 2026-09-20T08:00:00Z) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+        /// CRL files (DER or PEM) to check revocation with, instead of fetching the CRLs the
+        /// certificates name.
+        #[arg(long)]
+        crl: Vec<PathBuf>,
+        /// Do not check revocation (said plainly in the result).
+        #[arg(long, conflicts_with = "crl")]
+        offline: bool,
+        /// One JSON object: every check's name, outcome and reason.
+        #[arg(long)]
+        json: bool,
+        /// Trust anchors and expected signer from this configuration's [whitelist] (default:
+        /// the IGC-Santé TEST root and intermediate, CN=Liste Blanche DRIM-M,
+        /// OU=318751275100020).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,6 +257,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Status { target, json } => status(&target, json),
         Cmd::Study { study_uid, target } => study(&target, &study_uid),
         Cmd::Exams { target, json } => exams(&target, json),
+        Cmd::Whitelist {
+            command:
+                WhitelistCmd::Verify {
+                    file,
+                    at,
+                    crl,
+                    offline,
+                    json,
+                    config,
+                },
+        } => whitelist_verify(&file, at.as_deref(), &crl, offline, json, config.as_deref()),
         Cmd::Exam {
             study_uid,
             target,
@@ -513,6 +556,104 @@ fn service(name: &str, config_path: &Path) -> Result<ExitCode> {
         other => bail!("unknown service `{other}`"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn whitelist_verify(
+    file: &Path,
+    at: Option<&str>,
+    crl_files: &[PathBuf],
+    offline: bool,
+    json: bool,
+    config_path: Option<&Path>,
+) -> Result<ExitCode> {
+    use drimbox::whitelist::{trust, verify};
+    let usage = |m: String| {
+        eprintln!("drimbox whitelist verify: {m}");
+        Ok(ExitCode::from(2))
+    };
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => return usage(format!("{}: {e}", file.display())),
+    };
+    let at_unix = match at {
+        None => drimbox::archive::now_ms() / 1000,
+        Some(t) => match drimbox::status::parse_rfc3339(t) {
+            Some(u) => u,
+            None => return usage(format!("--at `{t}` is not an RFC 3339 time")),
+        },
+    };
+    let wl = match config_path {
+        Some(p) => parse_config(p)?.whitelist,
+        None => config::WhitelistConfig::default(),
+    };
+    let trust = match trust::load(&wl) {
+        Ok(t) => t,
+        Err(e) => return usage(e.to_string()),
+    };
+    let mut crls = Vec::new();
+    let mut notes = Vec::new();
+    for f in crl_files {
+        match trust::read_crl(f) {
+            Ok(c) => crls.push(c),
+            Err(e) => return usage(e.to_string()),
+        }
+    }
+    if crl_files.is_empty() && !offline {
+        // The CRLs the certificates name, fetched now.
+        let mut urls: Vec<String> = verify::embedded_certificates(&bytes)
+            .iter()
+            .chain(&trust.intermediates)
+            .flat_map(|c| c.crl_urls())
+            .collect();
+        urls.dedup();
+        let mut seen = std::collections::BTreeSet::new();
+        for u in urls.into_iter().filter(|u| seen.insert(u.clone())) {
+            match trust::fetch_crl(&u, Duration::from_secs(20)) {
+                Ok(c) => crls.push(c),
+                Err(e) => notes.push(e.to_string()),
+            }
+        }
+    }
+    let revocation = verify::Revocation { crls, offline };
+    let v = verify::verify(&bytes, &trust, &revocation, at_unix, None);
+    if json {
+        let mut value = serde_json::to_value(&v)?;
+        value["file"] = serde_json::Value::String(file.display().to_string());
+        value["notes"] = serde_json::json!(notes);
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!(
+            "{} ({} bytes, sha256 {}) verified at {}",
+            file.display(),
+            v.size,
+            v.sha256,
+            v.verified_at
+        );
+        for c in &v.checks {
+            let tag = match c.outcome {
+                verify::Outcome::Pass => "PASS",
+                verify::Outcome::Fail => "FAIL",
+                verify::Outcome::NotChecked => "N/A ",
+            };
+            println!("  {tag} {}: {}", c.name, c.reason);
+        }
+        for n in &notes {
+            println!("  note: {n}");
+        }
+        match (v.valid, v.revocation_checked) {
+            (true, true) => println!("VALID"),
+            (true, false) => println!("VALID (revocation NOT checked: --offline)"),
+            (false, _) => println!(
+                "INVALID: {}",
+                v.first_failure().unwrap_or_else(|| "no check ran".into())
+            ),
+        }
+    }
+    Ok(if v.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn reader(target: &Target) -> Result<ipc::Client> {

@@ -1,8 +1,10 @@
 //! X.509 certificates as the signatures need them: the DER bytes (digested into XAdES
 //! `CertDigest`, embedded in `KeyInfo`), the issuer name and serial number as the reference
 //! implementation prints them in `IssuerSerial`, and the RSA public key that verifies a
-//! `SignatureValue`. Chains, validity and revocation are the caller's business (the whitelist
-//! updater, DRIM-M §5.3); this module only reads one certificate.
+//! `SignatureValue`; and the pieces of path validation the whitelist verifier assembles
+//! (DRIM-M §5.3): validity dates, names, key usage, basic constraints, CRL distribution points,
+//! an issuer's signature over a certificate or a CRL, and CRL contents. The policy (which
+//! chain, which time, what is fresh) is the caller's.
 
 use rsa::pkcs8::DecodePublicKey;
 use rsa::RsaPublicKey;
@@ -14,6 +16,10 @@ pub enum CertificateError {
     Der(String),
     #[error("the certificate's key is not an RSA key: {0}")]
     NotRsa(String),
+    #[error("unsupported signature algorithm {0} (RSA with SHA-256, -384 or -512 only)")]
+    UnsupportedAlgorithm(String),
+    #[error("the signature does not verify with the issuer's key")]
+    BadSignature,
 }
 
 /// One parsed X.509 certificate, with the exact DER bytes it was read from.
@@ -203,6 +209,222 @@ impl Certificate {
     /// The parsed structure, for callers that check more (validity, extensions).
     pub fn x509(&self) -> &x509_cert::Certificate {
         &self.cert
+    }
+
+    /// Start of validity (notBefore), seconds since the epoch.
+    pub fn not_before_unix(&self) -> i64 {
+        self.cert
+            .tbs_certificate
+            .validity
+            .not_before
+            .to_unix_duration()
+            .as_secs() as i64
+    }
+
+    /// The values of one attribute type of the subject (`2.5.4.3` CN, `2.5.4.11` OU), in order.
+    pub fn subject_values(&self, oid: &str) -> Vec<String> {
+        name_values(&self.cert.tbs_certificate.subject, oid)
+    }
+
+    /// Whether this certificate's issuer is `issuer`'s subject (DER equality of the names).
+    pub fn issued_by_name(&self, issuer: &Certificate) -> bool {
+        let a = self.cert.tbs_certificate.issuer.to_der();
+        let b = issuer.cert.tbs_certificate.subject.to_der();
+        matches!((a, b), (Ok(a), Ok(b)) if a == b)
+    }
+
+    /// Verifies this certificate's signature with `issuer`'s key (RSA PKCS#1 v1.5 with SHA-256,
+    /// -384 or -512; SHA-1 and MD5 are refused).
+    pub fn verify_signed_by(&self, issuer: &Certificate) -> Result<(), CertificateError> {
+        let tbs = self
+            .cert
+            .tbs_certificate
+            .to_der()
+            .map_err(|e| CertificateError::Der(e.to_string()))?;
+        verify_rsa(
+            &self.cert.signature_algorithm.oid.to_string(),
+            &tbs,
+            self.cert.signature.raw_bytes(),
+            &issuer.rsa_public_key()?,
+        )
+    }
+
+    fn extension(&self, oid: &str) -> Option<&x509_cert::ext::Extension> {
+        self.cert
+            .tbs_certificate
+            .extensions
+            .as_ref()?
+            .iter()
+            .find(|e| e.extn_id.to_string() == oid)
+    }
+
+    /// (digitalSignature, nonRepudiation, keyCertSign) of the KeyUsage extension; `None` when
+    /// the certificate has none (or it cannot be read).
+    pub fn key_usage(&self) -> Option<(bool, bool, bool)> {
+        use x509_cert::ext::pkix::{KeyUsage, KeyUsages};
+        let ext = self.extension("2.5.29.15")?;
+        let ku = KeyUsage::from_der(ext.extn_value.as_bytes()).ok()?;
+        Some((
+            ku.0.contains(KeyUsages::DigitalSignature),
+            ku.0.contains(KeyUsages::NonRepudiation),
+            ku.0.contains(KeyUsages::KeyCertSign),
+        ))
+    }
+
+    /// Whether BasicConstraints says this is a CA.
+    pub fn is_ca(&self) -> bool {
+        use x509_cert::ext::pkix::BasicConstraints;
+        self.extension("2.5.29.19")
+            .and_then(|e| BasicConstraints::from_der(e.extn_value.as_bytes()).ok())
+            .is_some_and(|b| b.ca)
+    }
+
+    /// The CRL distribution point URIs (`http://…`), in order.
+    pub fn crl_urls(&self) -> Vec<String> {
+        use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+        use x509_cert::ext::pkix::CrlDistributionPoints;
+        let Some(points) = self
+            .extension("2.5.29.31")
+            .and_then(|e| CrlDistributionPoints::from_der(e.extn_value.as_bytes()).ok())
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for p in points.0 {
+            if let Some(DistributionPointName::FullName(names)) = p.distribution_point {
+                for n in names {
+                    if let GeneralName::UniformResourceIdentifier(u) = n {
+                        out.push(u.to_string());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The SHA-256 of the DER, in hex (how reports name a certificate).
+    pub fn sha256_hex(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex(&Sha256::digest(&self.der))
+    }
+}
+
+/// The values of one attribute type in a name, most significant RDN first.
+fn name_values(name: &x509_cert::name::Name, oid: &str) -> Vec<String> {
+    name.0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .filter(|atv| atv.oid.to_string() == oid)
+        .filter_map(|atv| attribute_text(&atv.value))
+        .collect()
+}
+
+/// RSA PKCS#1 v1.5 over `signed` with the digest the algorithm OID names.
+fn verify_rsa(
+    algorithm: &str,
+    signed: &[u8],
+    signature: &[u8],
+    key: &RsaPublicKey,
+) -> Result<(), CertificateError> {
+    use rsa::Pkcs1v15Sign;
+    use sha2::{Digest, Sha256, Sha384, Sha512};
+    let (scheme, hashed) = match algorithm {
+        "1.2.840.113549.1.1.11" => (
+            Pkcs1v15Sign::new::<Sha256>(),
+            Sha256::digest(signed).to_vec(),
+        ),
+        "1.2.840.113549.1.1.12" => (
+            Pkcs1v15Sign::new::<Sha384>(),
+            Sha384::digest(signed).to_vec(),
+        ),
+        "1.2.840.113549.1.1.13" => (
+            Pkcs1v15Sign::new::<Sha512>(),
+            Sha512::digest(signed).to_vec(),
+        ),
+        other => return Err(CertificateError::UnsupportedAlgorithm(other.to_string())),
+    };
+    key.verify(scheme, &hashed, signature)
+        .map_err(|_| CertificateError::BadSignature)
+}
+
+/// A certificate revocation list (RFC 5280 §5), with the exact DER it was read from.
+#[derive(Debug, Clone)]
+pub struct Crl {
+    der: Vec<u8>,
+    crl: x509_cert::crl::CertificateList,
+}
+
+impl Crl {
+    pub fn from_der(der: &[u8]) -> Result<Crl, CertificateError> {
+        let crl = x509_cert::crl::CertificateList::from_der(der)
+            .map_err(|e| CertificateError::Der(e.to_string()))?;
+        Ok(Crl {
+            der: der.to_vec(),
+            crl,
+        })
+    }
+
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    pub fn issuer(&self) -> String {
+        format_name(&self.crl.tbs_cert_list.issuer)
+    }
+
+    /// Whether `ca` issued it (names equal and its signature verifies with `ca`'s key).
+    pub fn verify_issued_by(&self, ca: &Certificate) -> Result<(), CertificateError> {
+        let same = matches!(
+            (self.crl.tbs_cert_list.issuer.to_der(), ca.cert.tbs_certificate.subject.to_der()),
+            (Ok(a), Ok(b)) if a == b
+        );
+        if !same {
+            return Err(CertificateError::BadSignature);
+        }
+        let tbs = self
+            .crl
+            .tbs_cert_list
+            .to_der()
+            .map_err(|e| CertificateError::Der(e.to_string()))?;
+        verify_rsa(
+            &self.crl.signature_algorithm.oid.to_string(),
+            &tbs,
+            self.crl.signature.raw_bytes(),
+            &ca.rsa_public_key()?,
+        )
+    }
+
+    pub fn this_update_unix(&self) -> i64 {
+        self.crl
+            .tbs_cert_list
+            .this_update
+            .to_unix_duration()
+            .as_secs() as i64
+    }
+
+    /// None when the CRL gives no nextUpdate (then it cannot be judged fresh).
+    pub fn next_update_unix(&self) -> Option<i64> {
+        self.crl
+            .tbs_cert_list
+            .next_update
+            .map(|t| t.to_unix_duration().as_secs() as i64)
+    }
+
+    /// Whether the serial of `cert` is listed.
+    pub fn revokes(&self, cert: &Certificate) -> bool {
+        self.crl
+            .tbs_cert_list
+            .revoked_certificates
+            .as_ref()
+            .is_some_and(|list| {
+                list.iter()
+                    .any(|r| r.serial_number.as_bytes() == cert.serial_bytes())
+            })
+    }
+
+    pub fn sha256_hex(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex(&Sha256::digest(&self.der))
     }
 }
 

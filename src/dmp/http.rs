@@ -24,8 +24,8 @@ pub enum HttpError {
     Io(#[from] io::Error),
     #[error("malformed HTTP message: {0}")]
     Malformed(String),
-    #[error("body over {MAX_BODY} bytes")]
-    TooLarge,
+    #[error("body over {0} bytes")]
+    TooLarge(usize),
 }
 
 /// An HTTP message as read: the start line, headers (names lowercased) and body.
@@ -108,6 +108,11 @@ pub fn response_bytes(status: u16, reason: &str, content_type: &str, body: &[u8]
 
 /// Reads one HTTP message (request or response) from `r`.
 pub fn read_message(r: &mut impl BufRead) -> Result<Message, HttpError> {
+    read_message_limited(r, MAX_BODY)
+}
+
+/// The same, with a body of at most `max` bytes.
+pub fn read_message_limited(r: &mut impl BufRead, max: usize) -> Result<Message, HttpError> {
     let mut head_len = 0;
     let mut line = String::new();
     let mut read_line = |line: &mut String| -> Result<usize, HttpError> {
@@ -161,8 +166,8 @@ pub fn read_message(r: &mut impl BufRead) -> Result<Message, HttpError> {
                 }
                 break;
             }
-            if body.len() + size > MAX_BODY {
-                return Err(HttpError::TooLarge);
+            if body.len() + size > max {
+                return Err(HttpError::TooLarge(max));
             }
             let at = body.len();
             body.resize(at + size, 0);
@@ -174,16 +179,16 @@ pub fn read_message(r: &mut impl BufRead) -> Result<Message, HttpError> {
         let len: usize = len
             .parse()
             .map_err(|_| HttpError::Malformed(format!("Content-Length {len:?}")))?;
-        if len > MAX_BODY {
-            return Err(HttpError::TooLarge);
+        if len > max {
+            return Err(HttpError::TooLarge(max));
         }
         body.resize(len, 0);
         r.read_exact(&mut body)?;
     } else if start.starts_with("HTTP/") {
         // A response without length: the body runs to the end of the connection.
-        r.take(MAX_BODY as u64 + 1).read_to_end(&mut body)?;
-        if body.len() > MAX_BODY {
-            return Err(HttpError::TooLarge);
+        r.take(max as u64 + 1).read_to_end(&mut body)?;
+        if body.len() > max {
+            return Err(HttpError::TooLarge(max));
         }
     }
     Ok(Message {

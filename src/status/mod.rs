@@ -458,6 +458,67 @@ pub fn rfc3339(ms: i64) -> String {
     )
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Seconds since the epoch of an XML Schema dateTime / RFC 3339 time
+/// (`2026-06-19T18:06:52Z`, fractions and `±hh:mm` offsets allowed; a space may stand for the
+/// `T`, as `xmlsec1 --verification-time` writes it; no zone means UTC).
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        rest = &frac[n..];
+    }
+    let offset = match rest {
+        "" | "Z" => 0,
+        _ => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (oh, om) = rest[1..].split_once(':')?;
+            let (oh, om): (i64, i64) = (oh.parse().ok()?, om.parse().ok()?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
+        }
+    };
+    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset)
+}
+
 /// A certificate this close to its end turns the verdict to degraded (time to renew it).
 pub const CERTIFICATE_WARN_DAYS: u64 = 30;
 
@@ -647,6 +708,17 @@ mod tests {
             ready: true,
             services: states.iter().map(|(n, s)| svc(n, *s)).collect(),
         }
+    }
+
+    #[test]
+    fn rfc3339_times_round_trip() {
+        let t = parse_rfc3339("2026-06-19T18:06:52Z").unwrap();
+        assert_eq!(rfc3339(t * 1000), "2026-06-19T18:06:52Z");
+        assert_eq!(parse_rfc3339("2026-06-19 18:06:52"), Some(t));
+        assert_eq!(parse_rfc3339("2026-06-19T20:06:52.123+02:00"), Some(t));
+        assert_eq!(parse_rfc3339("2026-06-19T18:06"), None);
+        assert_eq!(parse_rfc3339("2026-13-19T18:06:52Z"), None);
+        assert_eq!(parse_rfc3339("2026-06-19T18:06:52Zjunk"), None);
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! * Same-document references only: `#id` (the element whose `Id` attribute, configurable,
 //!   equals `id`, unique in the document), `#xpointer(id('id'))`, `""` (the whole document)
 //!   and `#xpointer(/)`. `#id` and `""` select their node-set without comments (§4.4.3.3).
-//! * Transforms: the four canonicalisations and `enveloped-signature`. XPath Filter 2.0 (the
-//!   whitelist's, DRIM-M §5.2) is the next [`Transform`] variant to add; anything else is a
-//!   typed error for that reference, never ignored.
+//! * Transforms: the four canonicalisations, `enveloped-signature`, and XPath Filter 2.0
+//!   reduced to the one expression the whitelist uses (`subtract /descendant::ds:Signature`,
+//!   DRIM-M §5.2); anything else is a typed error for that reference, never ignored.
 //! * `Manifest` references (`urn:oid:…` in the lot signature) are not dereferenced, as with
 //!   `xmlsec1 --ignore-manifests`: the verifier exposes them ([`Report::manifests`]) so the
 //!   caller checks them against the bytes it holds ([`ManifestReference::check`]).
@@ -27,6 +27,7 @@ use crate::pki::{Certificate, CertificateError};
 pub const DSIG_NS: &str = "http://www.w3.org/2000/09/xmldsig#";
 pub const MANIFEST_TYPE: &str = "http://www.w3.org/2000/09/xmldsig#Manifest";
 pub const ENVELOPED_SIGNATURE: &str = "http://www.w3.org/2000/09/xmldsig#enveloped-signature";
+pub const XPATH_FILTER2: &str = "http://www.w3.org/2002/06/xmldsig-filter2";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DsigError {
@@ -158,6 +159,10 @@ pub enum Transform {
     },
     /// Removes the enclosing Signature from the node-set.
     EnvelopedSignature,
+    /// XPath Filter 2.0 `subtract /descendant::ds:Signature` (the whitelist's profile, DRIM-M
+    /// §5.2): removes every ds:Signature of the document from the node-set. Only this one
+    /// expression is implemented; any other Filter 2.0 is [`Transform::Unsupported`].
+    SubtractSignatures,
     /// A transform we do not implement; verifying a reference that uses it fails.
     Unsupported(String),
 }
@@ -243,11 +248,59 @@ fn parse_transforms(doc: &Document, reference: NodeId) -> Vec<Transform> {
                 }
             } else if uri == ENVELOPED_SIGNATURE {
                 Transform::EnvelopedSignature
+            } else if uri == XPATH_FILTER2 {
+                if subtracts_signatures(doc, t) {
+                    Transform::SubtractSignatures
+                } else {
+                    Transform::Unsupported(format!(
+                        "{uri} other than subtract /descendant::ds:Signature"
+                    ))
+                }
             } else {
                 Transform::Unsupported(uri)
             }
         })
         .collect()
+}
+
+/// Whether a Filter 2.0 transform is exactly one `subtract` of `/descendant::P:Signature`,
+/// `P` bound to the XMLDSig namespace where the expression is written.
+fn subtracts_signatures(doc: &Document, transform: NodeId) -> bool {
+    let xpaths: Vec<NodeId> = doc
+        .children_named(transform, XPATH_FILTER2, "XPath")
+        .collect();
+    let [xpath] = xpaths.as_slice() else {
+        return false;
+    };
+    if doc.element(*xpath).and_then(|e| e.attribute("Filter")) != Some("subtract") {
+        return false;
+    }
+    let text = doc.text(*xpath);
+    let Some(prefix) = text
+        .trim()
+        .strip_prefix("/descendant::")
+        .and_then(|r| r.strip_suffix(":Signature"))
+    else {
+        return false;
+    };
+    doc.in_scope_namespaces(*xpath)
+        .iter()
+        .any(|(p, uri)| p == prefix && uri == DSIG_NS)
+}
+
+/// Every ds:Signature element of the document, in document order.
+pub fn all_signatures(doc: &Document) -> Vec<NodeId> {
+    let mut out = Vec::new();
+    let mut stack = vec![doc.root()];
+    while let Some(n) = stack.pop() {
+        if doc.element(n).is_some_and(|e| e.is(DSIG_NS, "Signature")) {
+            out.push(n);
+        }
+        let mut kids: Vec<NodeId> = doc.child_elements(n).collect();
+        kids.reverse();
+        stack.extend(kids);
+    }
+    out
 }
 
 /// Reads one `Reference` element.
@@ -413,6 +466,14 @@ pub fn reference_data(
                 }
                 exclude.push(signature);
             }
+            Transform::SubtractSignatures => {
+                if octets.is_some() {
+                    return Err(DsigError::UnsupportedTransform(
+                        "XPath Filter 2.0 after canonicalisation".into(),
+                    ));
+                }
+                exclude.extend(all_signatures(doc));
+            }
             Transform::Canonicalize {
                 method,
                 inclusive_prefixes,
@@ -519,6 +580,9 @@ impl ManifestReference {
                     data = Canonicalizer::new(*method)
                         .inclusive_prefixes(inclusive_prefixes)
                         .document(&d);
+                }
+                Transform::SubtractSignatures => {
+                    return Err(DsigError::UnsupportedTransform(XPATH_FILTER2.into()))
                 }
                 Transform::EnvelopedSignature => {
                     return Err(DsigError::UnsupportedTransform(ENVELOPED_SIGNATURE.into()))
