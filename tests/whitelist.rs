@@ -54,6 +54,25 @@ fn verify(config: &Path, file: &Path, extra: &[&str]) -> (Output, serde_json::Va
     (o, v)
 }
 
+/// A list in the 2026 layout signed in the agency's profile by the good signer of `pki`.
+fn signed_list(dir: &Path, pki: &Path) -> PathBuf {
+    let list = dir.join("list.xml");
+    py(&["list", list.to_str().unwrap()]);
+    let signed = dir.join("signed.xml");
+    py(&[
+        "sign",
+        list.to_str().unwrap(),
+        signed.to_str().unwrap(),
+        "--key",
+        pki.join("signer.key").to_str().unwrap(),
+        "--cert",
+        pki.join("signer.pem").to_str().unwrap(),
+        "--chain",
+        pki.join("intermediate.pem").to_str().unwrap(),
+    ]);
+    signed
+}
+
 /// (case, CRLs, None = valid, Some((failing check, words of its reason))).
 type Expectation<'a> = (&'a str, &'a [String], Option<(&'a str, &'a str)>);
 
@@ -254,20 +273,7 @@ fn offline_says_revocation_was_not_checked_and_the_default_trust_is_igc_sante() 
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     py(&["pki", pki.to_str().unwrap()]);
-    let list = dir.path().join("list.xml");
-    py(&["list", list.to_str().unwrap()]);
-    let signed = dir.path().join("signed.xml");
-    py(&[
-        "sign",
-        list.to_str().unwrap(),
-        signed.to_str().unwrap(),
-        "--key",
-        pki.join("signer.key").to_str().unwrap(),
-        "--cert",
-        pki.join("signer.pem").to_str().unwrap(),
-        "--chain",
-        pki.join("intermediate.pem").to_str().unwrap(),
-    ]);
+    let signed = signed_list(dir.path(), &pki);
     let cfg = config(dir.path(), &pki);
     let (o, v) = verify(&cfg, &signed, &["--offline"]);
     assert_eq!(o.status.code(), Some(0), "{v:#}");
@@ -330,20 +336,7 @@ fn crls_named_by_the_certificates_are_fetched_and_a_missing_one_fails() {
         "--crl-base",
         &format!("http://127.0.0.1:{port}"),
     ]);
-    let list = dir.path().join("list.xml");
-    py(&["list", list.to_str().unwrap()]);
-    let signed = dir.path().join("signed.xml");
-    py(&[
-        "sign",
-        list.to_str().unwrap(),
-        signed.to_str().unwrap(),
-        "--key",
-        pki.join("signer.key").to_str().unwrap(),
-        "--cert",
-        pki.join("signer.pem").to_str().unwrap(),
-        "--chain",
-        pki.join("intermediate.pem").to_str().unwrap(),
-    ]);
+    let signed = signed_list(dir.path(), &pki);
     let cfg = config(dir.path(), &pki);
 
     let (o, v) = verify(&cfg, &signed, &[]);

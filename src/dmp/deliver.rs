@@ -152,6 +152,22 @@ fn patient_id(work: &SendWork) -> Result<String, String> {
     Ok(format!("{}^^^&{}&ISO^NH", report.ins.id, report.ins.oid))
 }
 
+/// A settling query got no answer: the lot stays in doubt (`Sending`), retried later; nothing
+/// is resent meanwhile.
+fn settling_failed(
+    mut d: Delivery,
+    error: &str,
+    effects: &mut dyn Effects,
+) -> Result<LotStatus, String> {
+    schedule_retry(&mut d, format!("settling query: {error}"), effects);
+    effects.commit(Progress {
+        status: LotStatus::Sending,
+        delivery: d,
+        exchange: Vec::new(),
+    })?;
+    Ok(LotStatus::Sending)
+}
+
 /// Keeps an ITI-18's request and answer with the exchange of attempt `n`.
 fn keep_query(exchange: &mut Vec<(String, Vec<u8>)>, n: u32, found: Found) {
     exchange.push((format!("ITI18-{n}-request.xml"), found.request));
@@ -201,15 +217,7 @@ pub fn deliver(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<
                 return Ok(LotStatus::Accepted);
             }
             Ok(_) => {} // not recorded: send it (again)
-            Err(e) => {
-                schedule_retry(&mut d, format!("settling query: {e}"), effects);
-                effects.commit(Progress {
-                    status: LotStatus::Sending,
-                    delivery: d,
-                    exchange: Vec::new(),
-                })?;
-                return Ok(LotStatus::Sending);
-            }
+            Err(e) => return settling_failed(d, &e, effects),
         }
     }
 
@@ -337,15 +345,7 @@ fn withdraw(dmp: &Dmp, work: &SendWork, effects: &mut dyn Effects) -> Result<Lot
                 return Ok(LotStatus::Accepted);
             }
             Ok(_) => {} // not deleted yet: send it (again)
-            Err(e) => {
-                schedule_retry(&mut d, format!("settling query: {e}"), effects);
-                effects.commit(Progress {
-                    status: LotStatus::Sending,
-                    delivery: d,
-                    exchange: Vec::new(),
-                })?;
-                return Ok(LotStatus::Sending);
-            }
+            Err(e) => return settling_failed(d, &e, effects),
         }
     }
     let message_id = effects.new_uuid();
