@@ -39,6 +39,29 @@ pub struct WhitelistConfig {
     pub intermediates: Vec<PathBuf>,
     pub signer_cn: String,
     pub signer_ou: String,
+    /// Where the updater fetches the list; None: no download (the status page says so).
+    pub download: Option<WhitelistDownload>,
+    /// The editor's identity that signs each proof of verification; None: proofs are kept
+    /// unsigned and the status page says so.
+    pub proof_signing: Option<SigningConfig>,
+}
+
+/// The daily download of the list (DRIM-M §5.1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhitelistDownload {
+    /// `https://…` (the list), fetched with rustls against `tls_trust_anchors`.
+    pub url: String,
+    /// CA certificates (PEM) the list server's certificate must chain to.
+    pub tls_trust_anchors: PathBuf,
+    /// Minutes after 00:00 UTC of the daily attempt.
+    pub daily_at_minutes: u32,
+    /// Each day's attempt is drawn uniformly in [daily_at, daily_at + jitter): thousands of
+    /// boxes must not hit the agency's server in the same second.
+    pub jitter: Duration,
+    /// Whole-download deadline (connection, TLS, headers and body).
+    pub timeout: Duration,
+    /// Largest list accepted (the body is never read past it).
+    pub max_bytes: usize,
 }
 
 impl Default for WhitelistConfig {
@@ -48,6 +71,8 @@ impl Default for WhitelistConfig {
             intermediates: Vec::new(),
             signer_cn: DEFAULT_WHITELIST_SIGNER_CN.into(),
             signer_ou: DEFAULT_WHITELIST_SIGNER_OU.into(),
+            download: None,
+            proof_signing: None,
         }
     }
 }
@@ -594,6 +619,41 @@ impl Config {
                 }
             }
         }
+        let w = &self.whitelist;
+        let whitelist_files = w
+            .trust_anchors
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (format!("whitelist.trust_anchors[{i}]"), f))
+            .chain(
+                w.intermediates
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (format!("whitelist.intermediates[{i}]"), f)),
+            )
+            .chain(w.download.iter().map(|d| {
+                (
+                    "whitelist.tls_trust_anchors".to_string(),
+                    &d.tls_trust_anchors,
+                )
+            }))
+            .chain(w.proof_signing.iter().flat_map(|p| {
+                [
+                    ("whitelist.proof_pkcs12".to_string(), &p.pkcs12),
+                    (
+                        "whitelist.proof_password_file".to_string(),
+                        &p.password_file,
+                    ),
+                ]
+            }));
+        for (key, file) in whitelist_files {
+            if let Err(e) = std::fs::File::open(file) {
+                problems.push(Problem {
+                    key,
+                    message: format!("cannot read {}: {e}", file.display()),
+                });
+            }
+        }
         if let Some(tls) = &self.dicom.tls {
             for (key, file) in [
                 ("dicom.tls.certificate", &tls.certificate),
@@ -712,12 +772,100 @@ impl Reader {
             .opt_str(&mut t, k, "signer_ou")
             .flatten()
             .unwrap_or_else(|| DEFAULT_WHITELIST_SIGNER_OU.into());
+        let url = match self.opt_str(&mut t, k, "url").flatten() {
+            Some(u) if u.starts_with("https://") && u.len() > "https://".len() => Some(u),
+            Some(u) => {
+                self.problem(
+                    "whitelist.url",
+                    format!("`{u}` must be an https URL (the list travels over TLS only)"),
+                );
+                None
+            }
+            None => None,
+        };
+        let tls_trust_anchors = self.opt_path(&mut t, k, "tls_trust_anchors");
+        let daily_at = match self.opt_str(&mut t, k, "daily_at").flatten() {
+            None => Some(3 * 60 + 30),
+            Some(v) => {
+                let parsed = v.split_once(':').and_then(|(h, m)| {
+                    let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
+                    (h < 24 && m < 60 && v.len() == 5).then_some(h * 60 + m)
+                });
+                if parsed.is_none() {
+                    self.problem(
+                        "whitelist.daily_at",
+                        format!("`{v}` must be HH:MM (UTC), e.g. \"03:30\""),
+                    );
+                }
+                parsed
+            }
+        };
+        let jitter = self
+            .opt_int(&mut t, k, "jitter_minutes", 0, 720)
+            .unwrap_or(Some(60));
+        let timeout = self
+            .opt_int(&mut t, k, "timeout_seconds", 1, 600)
+            .unwrap_or(Some(60));
+        let max_bytes = self
+            .opt_int(&mut t, k, "max_bytes", 4096, 64 * 1024 * 1024)
+            .unwrap_or(Some(16 * 1024 * 1024));
+        let proof_pkcs12 = self.opt_path(&mut t, k, "proof_pkcs12");
+        let proof_password = self.opt_path(&mut t, k, "proof_password_file");
         self.finish(t, k);
+        let download = match (url, tls_trust_anchors) {
+            (Some(url), Some(anchors)) => Some(WhitelistDownload {
+                url,
+                tls_trust_anchors: anchors,
+                daily_at_minutes: daily_at.unwrap_or(0),
+                jitter: Duration::from_secs(jitter.unwrap_or(0) as u64 * 60),
+                timeout: Duration::from_secs(timeout.unwrap_or(60) as u64),
+                max_bytes: max_bytes.unwrap_or(0) as usize,
+            }),
+            (Some(_), None) => {
+                self.problem(
+                    "whitelist.tls_trust_anchors",
+                    "is required with whitelist.url (the CA of the list server)",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.problem(
+                    "whitelist.url",
+                    "is required with whitelist.tls_trust_anchors",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let proof_signing = match (proof_pkcs12, proof_password) {
+            (Some(pkcs12), Some(password_file)) => Some(SigningConfig {
+                pkcs12,
+                password_file,
+                algorithm: "rsa-sha256".into(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.problem(
+                    "whitelist.proof_password_file",
+                    "is required with whitelist.proof_pkcs12",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.problem(
+                    "whitelist.proof_pkcs12",
+                    "is required with whitelist.proof_password_file",
+                );
+                None
+            }
+        };
         WhitelistConfig {
             trust_anchors,
             intermediates,
             signer_cn,
             signer_ou,
+            download,
+            proof_signing,
         }
     }
 

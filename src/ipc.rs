@@ -30,10 +30,18 @@ pub enum Role {
     Reader,
     /// The publisher: takes exams that are ready and records the lots it built for them.
     Publisher,
+    /// The whitelist updater: records its attempts (the list's history).
+    Whitelist,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Receiver, Role::Hl7, Role::Reader, Role::Publisher];
+    pub const ALL: [Role; 5] = [
+        Role::Receiver,
+        Role::Hl7,
+        Role::Reader,
+        Role::Publisher,
+        Role::Whitelist,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -41,6 +49,7 @@ impl Role {
             Role::Hl7 => "hl7",
             Role::Reader => "reader",
             Role::Publisher => "publisher",
+            Role::Whitelist => "whitelist",
         }
     }
 
@@ -56,7 +65,9 @@ impl Role {
             Request::NextWork { .. } | Request::RecordLot(_) | Request::LotProgress(_) => {
                 self == Role::Publisher
             }
+            Request::RecordWhitelistAttempt(_) => self == Role::Whitelist,
             Request::Ping
+            | Request::WhitelistAttempts { .. }
             | Request::Summary
             | Request::Study { .. }
             | Request::Exams
@@ -108,6 +119,12 @@ pub enum Request {
     RecordLot(Box<NewLot>),
     /// Where a lot's delivery stands now, committed before the publisher's next network step.
     LotProgress(Box<LotProgress>),
+    /// One whitelist attempt, committed (after the list, if installed, is durable).
+    RecordWhitelistAttempt(Box<crate::archive::model::WhitelistAttempt>),
+    /// The last whitelist attempts, newest first.
+    WhitelistAttempts {
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +141,8 @@ pub enum Response {
     Work(Option<crate::archive::model::Work>),
     LotRecorded { seq: u32 },
     ProgressRecorded,
+    WhitelistAttemptRecorded { seq: u64 },
+    WhitelistAttempts(Vec<crate::archive::model::WhitelistAttempt>),
     Error(ArchiveFailure),
 }
 

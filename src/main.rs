@@ -175,6 +175,24 @@ enum WhitelistCmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Ask the running box's updater to download and verify the list now; print every check
+    /// and the outcome (exit 0 installed or unchanged, 1 refused or not downloaded).
+    Update {
+        #[command(flatten)]
+        target: Target,
+        /// The outcome as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The list's history: the last attempts, newest first, from the archive.
+    History {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -268,6 +286,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     config,
                 },
         } => whitelist_verify(&file, at.as_deref(), &crl, offline, json, config.as_deref()),
+        Cmd::Whitelist {
+            command: WhitelistCmd::Update { target, json },
+        } => whitelist_update(&target, json),
+        Cmd::Whitelist {
+            command:
+                WhitelistCmd::History {
+                    target,
+                    limit,
+                    json,
+                },
+        } => whitelist_history(&target, limit, json),
         Cmd::Exam {
             study_uid,
             target,
@@ -549,6 +578,10 @@ fn service(name: &str, config_path: &Path) -> Result<ExitCode> {
             drimbox::logging::init("publisher", config.log.level);
             drimbox::publisher::run(&config, stop)?;
         }
+        "whitelist" => {
+            drimbox::logging::init("whitelist", config.log.level);
+            drimbox::whitelist::updater::run(&config, stop)?;
+        }
         "status" => {
             drimbox::logging::init("status", config.log.level);
             drimbox::status::run(&config, stop)?;
@@ -600,19 +633,7 @@ fn whitelist_verify(
     }
     if crl_files.is_empty() && !offline {
         // The CRLs the certificates name, fetched now.
-        let mut urls: Vec<String> = verify::embedded_certificates(&bytes)
-            .iter()
-            .chain(&trust.intermediates)
-            .flat_map(|c| c.crl_urls())
-            .collect();
-        urls.dedup();
-        let mut seen = std::collections::BTreeSet::new();
-        for u in urls.into_iter().filter(|u| seen.insert(u.clone())) {
-            match trust::fetch_crl(&u, Duration::from_secs(20)) {
-                Ok(c) => crls.push(c),
-                Err(e) => notes.push(e.to_string()),
-            }
-        }
+        (crls, notes) = trust::gather_crls(&bytes, &trust, None, Duration::from_secs(20));
     }
     let revocation = verify::Revocation { crls, offline };
     let v = verify::verify(&bytes, &trust, &revocation, at_unix, None);
@@ -654,6 +675,111 @@ fn whitelist_verify(
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn whitelist_update(target: &Target, json: bool) -> Result<ExitCode> {
+    use std::io::{BufRead, Write};
+    let config = parse_config(&target.config_path())?;
+    let path = drimbox::whitelist::updater::control_path(&config.storage.run_dir);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path)
+        .with_context(|| format!("{}: is the box running?", path.display()))?;
+    // The download has its deadline, the CRLs theirs: the answer comes well within this.
+    let wait = config
+        .whitelist
+        .download
+        .as_ref()
+        .map_or(Duration::from_secs(60), |d| d.timeout)
+        + Duration::from_secs(120);
+    stream.set_read_timeout(Some(wait))?;
+    stream.write_all(b"update\n")?;
+    let mut line = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut line)
+        .with_context(|| format!("waiting for the updater's answer on {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).context("the updater's answer is not JSON")?;
+    if let Some(e) = v["error"].as_str() {
+        eprintln!("drimbox whitelist update: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    let a = &v["attempt"];
+    let ok = matches!(a["outcome"].as_str(), Some("installed" | "unchanged"));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{} ({} bytes, sha256 {})",
+            a["url"].as_str().unwrap_or(""),
+            a["size"],
+            a["sha256"].as_str().unwrap_or("-")
+        );
+        for c in v["checks"].as_array().into_iter().flatten() {
+            let tag = match c["outcome"].as_str() {
+                Some("pass") => "PASS",
+                Some("fail") => "FAIL",
+                _ => "N/A ",
+            };
+            println!(
+                "  {tag} {}: {}",
+                c["name"].as_str().unwrap_or(""),
+                c["reason"].as_str().unwrap_or("")
+            );
+        }
+        for n in v["notes"].as_array().into_iter().flatten() {
+            println!("  note: {}", n.as_str().unwrap_or(""));
+        }
+        if let Some(p) = a["proof"].as_str() {
+            println!(
+                "  proof: {} ({})",
+                drimbox::whitelist::updater::Files::new(&config.storage.data_dir)
+                    .proofs()
+                    .join(p)
+                    .display(),
+                if a["proof_signed"] == true {
+                    "signed"
+                } else {
+                    "UNSIGNED: no [whitelist] proof_pkcs12"
+                }
+            );
+        }
+        let outcome = a["outcome"].as_str().unwrap_or("?").replace('_', " ");
+        match a["reason"].as_str() {
+            Some(r) if !ok => println!(
+                "{}: {r} (the list in service is unchanged)",
+                outcome.to_uppercase()
+            ),
+            _ => println!("{}", outcome.to_uppercase()),
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn whitelist_history(target: &Target, limit: u32, json: bool) -> Result<ExitCode> {
+    let attempts = match reader(target)?.call(&Request::WhitelistAttempts { limit })? {
+        Response::WhitelistAttempts(v) => v,
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&attempts)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for a in &attempts {
+        println!(
+            "{}  {:<9} {:<20} {}{}",
+            drimbox::status::rfc3339(a.at_unix * 1000),
+            a.trigger,
+            a.outcome.label(),
+            a.generated
+                .as_deref()
+                .map_or(String::new(), |g| format!("list of {g}, ")),
+            a.reason.as_deref().unwrap_or(""),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn reader(target: &Target) -> Result<ipc::Client> {

@@ -87,7 +87,14 @@ fn services_run_as_their_own_users_and_the_separation_is_real() {
     );
 
     let box_gid = drimbox::supervisor::sandbox::lookup_group("drimbox").unwrap();
-    for name in ["archive", "receiver", "hl7", "publisher", "status"] {
+    for name in [
+        "archive",
+        "receiver",
+        "hl7",
+        "publisher",
+        "whitelist",
+        "status",
+    ] {
         let pid = b
             .service_pid(name)
             .unwrap_or_else(|| panic!("{name} not running"));

@@ -376,3 +376,372 @@ fn crls_named_by_the_certificates_are_fetched_and_a_missing_one_fails() {
     assert_eq!(o.status.code(), Some(0), "{v:#}");
     assert_eq!(v["crls"].as_array().unwrap().len(), 2, "{v:#}");
 }
+
+/// A process killed (and reaped) when the test ends, however it ends.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sign_list(pki: &Path, list: &Path, out: &Path) {
+    py(&[
+        "sign",
+        list.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--key",
+        pki.join("signer.key").to_str().unwrap(),
+        "--cert",
+        pki.join("signer.pem").to_str().unwrap(),
+        "--chain",
+        pki.join("intermediate.pem").to_str().unwrap(),
+    ]);
+}
+
+fn update(b: &DrimBox) -> (Option<i32>, serde_json::Value) {
+    let o = Command::new(bin())
+        .args(["whitelist", "update", "--json", "--config"])
+        .arg(&b.config_path)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", text(&o), b.log()));
+    (o.status.code(), v)
+}
+
+fn history(b: &DrimBox) -> Vec<serde_json::Value> {
+    let out = run_ok(
+        Command::new(bin())
+            .args([
+                "whitelist",
+                "history",
+                "--json",
+                "--limit",
+                "100",
+                "--config",
+            ])
+            .arg(&b.config_path),
+    );
+    serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap()
+}
+
+/// `xmlsec1 --verify` of a proof with the editor's CA; its success.
+fn xmlsec1_verifies_proof(proof: &Path, editor_ca: &Path) -> (bool, String) {
+    let o = Command::new("xmlsec1")
+        .args(["--verify", "--trusted-pem"])
+        .arg(editor_ca)
+        .args([
+            "--id-attr:Id",
+            "http://uri.etsi.org/01903/v1.3.2#:SignedProperties",
+            "--enabled-reference-uris",
+            "empty,same-doc",
+        ])
+        .arg(proof)
+        .output()
+        .unwrap();
+    (o.status.success(), text(&o))
+}
+
+/// The updater end to end with real peers: an HTTPS list server (Python's ssl, certificates
+/// minted by openssl), the CRLs over HTTP, lists signed by xmlsec1. The first list is fetched
+/// at start and installed with a signed proof xmlsec1 verifies; then every bad download (a
+/// tampered, unsigned, hostile, truncated, older or oversized list, HTTP 404, a server that
+/// never answers, a certificate from an unknown CA) is refused with its reason and leaves the
+/// list in service untouched; a newer list replaces it and the old one is kept as previous.
+#[test]
+fn the_updater_installs_only_verified_lists_and_keeps_the_last_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let crl_port = free_port();
+    let pki = d.join("pki");
+    py(&[
+        "pki",
+        pki.to_str().unwrap(),
+        "--crl-base",
+        &format!("http://127.0.0.1:{crl_port}"),
+    ]);
+    let _crls = Server(
+        Command::new("python3")
+            .args(["-m", "http.server", &crl_port.to_string()])
+            .args(["--bind", "127.0.0.1", "--directory"])
+            .arg(&pki)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The list server's TLS (trusted by the box) and another CA's (not trusted).
+    let tls = d.join("tls");
+    fs::create_dir(&tls).unwrap();
+    mint_pki(&tls, "list");
+    mint_pki(&tls, "other");
+    // The editor's identity that signs the proofs.
+    let editor = mint_signing_pki(
+        "/C=FR/O=DRIMbox editor/CN=DRIMbox proof of verification",
+        None,
+    );
+    let editor_password = d.join("editor-password");
+    fs::write(&editor_password, format!("{SIGNER_P12_PASSWORD}\n")).unwrap();
+
+    // The lists: a valid one, a newer valid one, an older valid one and the hostile variants.
+    let served = d.join("served");
+    fs::create_dir(&served).unwrap();
+    let unsigned_list = |name: &str, generated: &str| {
+        let p = d.join(name);
+        py(&["list", p.to_str().unwrap(), "--generated", generated]);
+        p
+    };
+    let first = unsigned_list("first.xml", "2026-12-01T00:00:00Z");
+    sign_list(&pki, &first, &served.join("valid.xml"));
+    let second = unsigned_list("second.xml", "2026-12-02T00:00:00Z");
+    sign_list(&pki, &second, &served.join("newer.xml"));
+    let old = unsigned_list("old.xml", "2026-11-20T00:00:00Z");
+    sign_list(&pki, &old, &served.join("older.xml"));
+    for how in [
+        "content-char",
+        "unsigned",
+        "billion-laughs",
+        "external-entity",
+        "truncate",
+        "wrapping",
+    ] {
+        py(&[
+            "tamper",
+            served.join("valid.xml").to_str().unwrap(),
+            served.join(format!("{how}.xml")).to_str().unwrap(),
+            "--how",
+            how,
+        ]);
+    }
+    let list_port = free_port();
+    let set_mode = |m: &str| fs::write(served.join("mode"), m).unwrap();
+    set_mode("file valid.xml");
+    let _list_server = Server(
+        Command::new("/usr/bin/python3")
+            .arg(repo().join("tests/peers/list_server.py"))
+            .args(["--port", &list_port.to_string(), "--dir"])
+            .arg(&served)
+            .arg("--cert")
+            .arg(tls.join("list-server.pem"))
+            .arg("--key")
+            .arg(tls.join("list-server.key"))
+            .arg("--other-cert")
+            .arg(tls.join("other-server.pem"))
+            .arg("--other-key")
+            .arg(tls.join("other-server.key"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(crl_port, "the CRL server");
+    wait_port(list_port, "the list server");
+
+    let b = DrimBox::start(Settings {
+        extra_config: format!(
+            "\n[whitelist]\nurl = \"https://127.0.0.1:{list_port}/liste-blanche.xml\"\n\
+             tls_trust_anchors = {:?}\ntrust_anchors = [{:?}]\nintermediates = [{:?}]\n\
+             timeout_seconds = 3\nmax_bytes = 1048576\nproof_pkcs12 = {:?}\n\
+             proof_password_file = {:?}\n",
+            tls.join("list-ca.pem").display().to_string(),
+            pki.join("root.pem").display().to_string(),
+            pki.join("intermediate.pem").display().to_string(),
+            editor.path().join("signer.p12").display().to_string(),
+            editor_password.display().to_string(),
+        ),
+        ..Settings::default()
+    });
+    let wl = b.data_dir.join("whitelist");
+    let current = wl.join("liste-blanche.xml");
+
+    // Nothing installed: the updater tries at once, without being asked.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first_attempt = loop {
+        if let Some(a) = history(&b).into_iter().next() {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no attempt at start\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(first_attempt["trigger"], "start", "{first_attempt:#}");
+    assert_eq!(first_attempt["outcome"], "installed", "{first_attempt:#}");
+    assert_eq!(first_attempt["domains"], 17);
+    assert!(first_attempt["proof_signed"] == true, "{first_attempt:#}");
+    let valid = fs::read(served.join("valid.xml")).unwrap();
+    assert_eq!(fs::read(&current).unwrap(), valid);
+
+    // The proof beside the list: signed by the editor, verified by xmlsec1, and it says what
+    // was checked on which bytes. A changed verdict breaks it.
+    let proof = wl.join("liste-blanche.proof.xml");
+    let (ok, out) = xmlsec1_verifies_proof(&proof, &editor.path().join("ca.pem"));
+    assert!(ok, "xmlsec1 rejects our proof: {out}");
+    let proof_text = fs::read_to_string(&proof).unwrap();
+    assert!(proof_text.contains(first_attempt["sha256"].as_str().unwrap()));
+    for check in [
+        "digests",
+        "signature-value",
+        "chain",
+        "revocation",
+        "signer-name",
+    ] {
+        assert!(
+            proof_text.contains(&format!("<Check name=\"{check}\" result=\"pass\">")),
+            "{check} missing from the proof:\n{proof_text}"
+        );
+    }
+    assert!(proof_text.contains("<Verdict valid=\"true\" revocationChecked=\"true\">"));
+    let forged = d.join("forged-proof.xml");
+    fs::write(
+        &forged,
+        proof_text.replacen("<Domains>17</Domains>", "<Domains>18</Domains>", 1),
+    )
+    .unwrap();
+    let (ok, _) = xmlsec1_verifies_proof(&forged, &editor.path().join("ca.pem"));
+    assert!(!ok, "xmlsec1 accepted a proof whose content was changed");
+
+    // On demand, the same list: verified again, unchanged.
+    let (code, v) = update(&b);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["attempt"]["outcome"], "unchanged", "{v:#}");
+    assert_eq!(v["attempt"]["trigger"], "operator");
+
+    // Every bad download: refused or not fetched, with its reason; the list stays.
+    let cases: &[(&str, &str, &str)] = &[
+        ("file content-char.xml", "refused", "digests"),
+        (
+            "file unsigned.xml",
+            "refused",
+            "one-signature: the list is not signed",
+        ),
+        ("file billion-laughs.xml", "refused", "DOCTYPE"),
+        ("file external-entity.xml", "refused", "DOCTYPE"),
+        ("file truncate.xml", "refused", "not well-formed"),
+        ("file wrapping.xml", "refused", "signature-shape"),
+        ("file older.xml", "refused", "not-older"),
+        ("status 404", "fetch_failed", "HTTP 404"),
+        ("hang", "fetch_failed", "timed out after 3 s"),
+        ("huge 100", "fetch_failed", "1048576-byte limit"),
+        ("untrusted", "fetch_failed", "TLS"),
+    ];
+    for (mode, outcome, why) in cases {
+        set_mode(mode);
+        let (code, v) = update(&b);
+        let a = &v["attempt"];
+        assert_eq!(code, Some(1), "{mode}: {v:#}");
+        assert_eq!(a["outcome"], *outcome, "{mode}: {v:#}");
+        let reason = a["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(why), "{mode}: `{reason}` lacks `{why}`");
+        assert_eq!(
+            fs::read(&current).unwrap(),
+            valid,
+            "{mode} changed the list"
+        );
+        // A verification that ran left its proof, saying invalid.
+        if *outcome == "refused" {
+            let p = wl.join("proofs").join(a["proof"].as_str().unwrap());
+            let t = fs::read_to_string(&p).unwrap();
+            assert!(t.contains("<Verdict valid=\"false\""), "{mode}: {t}");
+        }
+    }
+    // The box says so while the last attempt failed, and still serves the list.
+    let (_, status) = b.http_get("/status.json");
+    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(s["whitelist"]["configured"], true);
+    assert!(
+        s["reasons"].as_array().unwrap().iter().any(|r| r
+            .as_str()
+            .unwrap()
+            .contains("the last whitelist attempt failed")),
+        "{s:#}"
+    );
+    assert!(
+        s["whitelist"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("17 domain(s)"),
+        "{s:#}"
+    );
+
+    // A newer valid list replaces it; the one before is kept.
+    set_mode("file newer.xml");
+    let (code, v) = update(&b);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["attempt"]["outcome"], "installed", "{v:#}");
+    assert_eq!(
+        fs::read(&current).unwrap(),
+        fs::read(served.join("newer.xml")).unwrap()
+    );
+    assert_eq!(
+        fs::read(wl.join("liste-blanche.previous.xml")).unwrap(),
+        valid
+    );
+    let (ok, out) = xmlsec1_verifies_proof(&proof, &editor.path().join("ca.pem"));
+    assert!(ok, "{out}");
+
+    // What an operator reads: every check, the proof, the outcome; and the history.
+    let human = run_ok(
+        Command::new(bin())
+            .args(["whitelist", "update", "--config"])
+            .arg(&b.config_path),
+    );
+    assert!(human.contains("  PASS digests: "), "{human}");
+    assert!(human.contains("(signed)"), "{human}");
+    assert!(human.trim_end().ends_with("UNCHANGED"), "{human}");
+    let listed = run_ok(
+        Command::new(bin())
+            .args(["whitelist", "history", "--config"])
+            .arg(&b.config_path),
+    );
+    assert!(
+        listed.contains("download failed") && listed.contains("HTTP 404"),
+        "{listed}"
+    );
+
+    // The history holds every attempt, newest first; the status page the list's facts.
+    let h = history(&b);
+    assert_eq!(h.len(), 2 + cases.len() + 2, "{h:#?}");
+    assert_eq!(h[0]["outcome"], "unchanged");
+    assert_eq!(h[1]["outcome"], "installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = b.http_get("/status.json");
+        let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let w = &s["whitelist"];
+        let details = w["details"].to_string();
+        if w["summary"]
+            .as_str()
+            .unwrap()
+            .contains("2026-12-02T00:00:00Z")
+            && details.contains("next attempt")
+        {
+            assert!(details.contains("CRLs valid until"), "{w:#}");
+            assert!(
+                details.contains("signer's certificates valid until"),
+                "{w:#}"
+            );
+            assert!(details.contains("proof of verification signed"), "{w:#}");
+            assert!(!s["reasons"].to_string().contains("whitelist"), "{s:#}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed the new list: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -43,6 +43,8 @@ const STUDY_REPORTS: MultimapTableDefinition<&str, &str> =
 const LOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("lots");
 /// Delivery steps in commit order (key: a counter), for the status page's last exchanges.
 const EXCHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("exchanges");
+/// The whitelist updater's attempts in commit order (key: a counter): the list's history.
+const WHITELIST_ATTEMPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("whitelist_attempts");
 
 pub const SCHEMA_VERSION: &str = "1";
 
@@ -563,6 +565,41 @@ pub fn append_exchange(
 pub fn last_exchanges(db: &Db, limit: usize) -> Result<Vec<super::model::ExchangeRecord>, DbError> {
     let txn = db.read()?;
     let t = match txn.open_table(EXCHANGES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in t.iter()?.rev().take(limit) {
+        let (k, v) = entry?;
+        out.push(decode(&k.value().to_string(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// Appends (and commits) one whitelist attempt; its number.
+pub fn append_whitelist_attempt(
+    db: &Db,
+    attempt: &super::model::WhitelistAttempt,
+) -> Result<u64, DbError> {
+    let txn = db.begin_write()?;
+    let next = {
+        let mut t = txn.open_table(WHITELIST_ATTEMPTS)?;
+        let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
+        t.insert(next, encode(attempt).as_slice())?;
+        next
+    };
+    txn.commit()?;
+    Ok(next)
+}
+
+/// The last `limit` whitelist attempts, newest first.
+pub fn whitelist_attempts(
+    db: &Db,
+    limit: usize,
+) -> Result<Vec<super::model::WhitelistAttempt>, DbError> {
+    let txn = db.read()?;
+    let t = match txn.open_table(WHITELIST_ATTEMPTS) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),

@@ -257,6 +257,16 @@ fn answer(
             Ok(v) => Response::Exchanges(v),
             Err(e) => Response::Error(db_failure(e)),
         },
+        Request::RecordWhitelistAttempt(a) => match db::append_whitelist_attempt(db, &a) {
+            Ok(seq) => Response::WhitelistAttemptRecorded { seq },
+            Err(e) => Response::Error(db_failure(e)),
+        },
+        Request::WhitelistAttempts { limit } => {
+            match db::whitelist_attempts(db, limit.min(500) as usize) {
+                Ok(v) => Response::WhitelistAttempts(v),
+                Err(e) => Response::Error(db_failure(e)),
+            }
+        }
         Request::Exams => match db.exams(policy) {
             Ok(v) => Response::Exams(v),
             Err(e) => Response::Error(db_failure(e)),

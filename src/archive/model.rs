@@ -329,3 +329,64 @@ impl ExchangeRecord {
         }
     }
 }
+
+/// One attempt of the whitelist updater, as the archive keeps it (the list's history): when,
+/// why, what was fetched and what became of it. The list names DRIMbox operators, never
+/// patients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhitelistAttempt {
+    pub at_unix: i64,
+    /// `schedule`, `start` (nothing installed or the last check too old), `retry`, `operator`.
+    pub trigger: String,
+    pub url: String,
+    pub outcome: WhitelistOutcome,
+    /// Why it failed (the download error, or the first failed check), for a person.
+    pub reason: Option<String>,
+    /// Of the bytes fetched.
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    /// DateDeGeneration and number of domains of the list fetched (when it parsed).
+    pub generated: Option<String>,
+    pub domains: Option<u64>,
+    pub signer: Option<String>,
+    /// The earliest notAfter of the signer's path, and the earliest nextUpdate of the CRLs used.
+    pub certificates_expire_unix: Option<i64>,
+    pub crls_next_update_unix: Option<i64>,
+    /// The proof of verification, a file name under the whitelist directory's `proofs/`.
+    pub proof: Option<String>,
+    pub proof_signed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhitelistOutcome {
+    /// Verified and installed as the list in service.
+    Installed,
+    /// Verified; the same bytes as the list in service.
+    Unchanged,
+    /// Fetched, and refused by the verification: the previous list stays.
+    Refused,
+    /// Not fetched (HTTP status, timeout, TLS, size): the previous list stays.
+    FetchFailed,
+    /// Verified, but could not be written: the previous list stays.
+    InstallFailed,
+}
+
+impl WhitelistOutcome {
+    pub fn succeeded(self) -> bool {
+        matches!(
+            self,
+            WhitelistOutcome::Installed | WhitelistOutcome::Unchanged
+        )
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            WhitelistOutcome::Installed => "installed",
+            WhitelistOutcome::Unchanged => "verified, unchanged",
+            WhitelistOutcome::Refused => "refused",
+            WhitelistOutcome::FetchFailed => "download failed",
+            WhitelistOutcome::InstallFailed => "install failed",
+        }
+    }
+}

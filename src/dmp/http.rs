@@ -254,6 +254,70 @@ pub fn post(
     })
 }
 
+/// A TLS stream whose every read and write waits at most until one instant: a server that
+/// trickles a byte a second cannot stretch a download past its deadline.
+struct Deadline {
+    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    until: std::time::Instant,
+}
+
+impl Deadline {
+    fn left(&self) -> io::Result<Duration> {
+        let left = self
+            .until
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.stream.sock.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.stream.sock.set_write_timeout(Some(left))?;
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// GETs `url` over TLS with `tls`, the whole exchange within `deadline` and the body within
+/// `max` bytes (read no further). The answer, whatever its status.
+pub fn get(
+    url: &str,
+    accept: &str,
+    tls: Arc<rustls::ClientConfig>,
+    deadline: Duration,
+    max: usize,
+) -> Result<Message, HttpError> {
+    let until = std::time::Instant::now() + deadline;
+    let (stream, host, path) = connect(url, tls, deadline)?;
+    let mut stream = Deadline { stream, until };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\nConnection: close\r\n\
+         User-Agent: drimbox/{}\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    stream.write_all(request.as_bytes()).map_err(tls_or_io)?;
+    stream.flush().map_err(tls_or_io)?;
+    let mut reader = BufReader::new(stream);
+    read_message_limited(&mut reader, max).map_err(|e| match e {
+        HttpError::Io(io) => tls_or_io(io),
+        other => other,
+    })
+}
+
 /// Whether the DMP can be reached without sending it anything: a TCP connection and a full
 /// TLS handshake with the practice's certificate (so a refused or expired certificate shows
 /// here too, as the server's alert), then a clean close. The DMP has no ping transaction.

@@ -120,6 +120,29 @@ pub fn collect(config: &Config) -> Snapshot {
         }
     }
     snapshot.exams = exams;
+    let attempts = ipc::Client::connect(
+        &config.storage.run_dir,
+        Role::Reader,
+        Duration::from_secs(3),
+    )
+    .and_then(|mut c| c.call(&Request::WhitelistAttempts { limit: 20 }))
+    .ok()
+    .and_then(|r| match r {
+        Response::WhitelistAttempts(v) => Some(v),
+        _ => None,
+    })
+    .unwrap_or_default();
+    let (section, reasons) = whitelist_section(
+        config.whitelist.download.is_some(),
+        &snapshot.services,
+        &attempts,
+        now / 1000,
+    );
+    snapshot.whitelist = section;
+    if !reasons.is_empty() && snapshot.verdict == Verdict::Ok {
+        snapshot.verdict = Verdict::Degraded;
+    }
+    snapshot.reasons.extend(reasons);
     if config.dmp.is_some() {
         let reach = dmp_reachability(&snapshot.services);
         if let Some(r) = &reach {
@@ -151,6 +174,117 @@ pub fn collect(config: &Config) -> Snapshot {
         .unwrap_or_default();
     }
     snapshot
+}
+
+/// A list last verified longer ago than this is worth an operator's look (daily attempts, a
+/// day of retries).
+const WHITELIST_STALE_SECONDS: i64 = 2 * 86_400;
+
+/// The whitelist section, purely: from the updater's beat (the list in service, the next
+/// attempt) and the archive's last attempts (newest first). Also what it adds to the verdict
+/// (degraded reasons).
+pub fn whitelist_section(
+    configured: bool,
+    services: &[model::ServiceStatus],
+    attempts: &[crate::archive::model::WhitelistAttempt],
+    now_unix: i64,
+) -> (Section, Vec<String>) {
+    let at = |u: i64| rfc3339(u * 1000);
+    let mut reasons = Vec::new();
+    if !configured {
+        return (
+            Section {
+                configured: false,
+                summary: "not configured: no [whitelist] url, the list is not downloaded".into(),
+                details: Vec::new(),
+            },
+            reasons,
+        );
+    }
+    let counters = services
+        .iter()
+        .find(|s| s.name == "whitelist")
+        .map(|s| s.counters.clone())
+        .unwrap_or_default();
+    let installed = counters.get("whitelist_installed") == Some(&1);
+    let last_ok = attempts.iter().find(|a| a.outcome.succeeded());
+    let summary = if installed {
+        format!(
+            "list of {}, {} domain(s){}",
+            counters
+                .get("whitelist_generated_unix")
+                .map_or("?".into(), |g| at(*g as i64)),
+            counters.get("whitelist_domains").copied().unwrap_or(0),
+            last_ok.map_or(String::new(), |a| format!(", verified {}", at(a.at_unix)))
+        )
+    } else {
+        reasons.push("no verified whitelist is installed".to_string());
+        "no verified list installed".to_string()
+    };
+    let mut details = Vec::new();
+    if let Some(a) = attempts.first() {
+        details.push(format!(
+            "last attempt {} ({}): {}{}",
+            at(a.at_unix),
+            a.trigger,
+            a.outcome.label(),
+            a.reason
+                .as_deref()
+                .map_or(String::new(), |r| format!(": {r}"))
+        ));
+        if !a.outcome.succeeded() {
+            reasons.push(format!(
+                "the last whitelist attempt failed ({}){}",
+                a.outcome.label(),
+                if installed {
+                    "; the previous list stays in service"
+                } else {
+                    ""
+                }
+            ));
+        }
+    } else {
+        details.push("no attempt yet".into());
+    }
+    if let Some(n) = counters.get("whitelist_next_attempt_unix") {
+        details.push(format!("next attempt {}", at(*n as i64)));
+    }
+    if let Some(a) = last_ok {
+        if let Some(c) = a.certificates_expire_unix {
+            details.push(format!("signer's certificates valid until {}", at(c)));
+            if c - now_unix <= CERTIFICATE_WARN_DAYS as i64 * 86_400 {
+                reasons.push(format!(
+                    "the whitelist signer's certificates expire {}",
+                    at(c)
+                ));
+            }
+        }
+        if let Some(c) = a.crls_next_update_unix {
+            details.push(format!("CRLs valid until {}", at(c)));
+        }
+        details.push(format!(
+            "proof of verification {}",
+            if a.proof_signed {
+                "signed"
+            } else {
+                "not signed (no [whitelist] proof_pkcs12)"
+            }
+        ));
+        if now_unix - a.at_unix > WHITELIST_STALE_SECONDS {
+            reasons.push(format!(
+                "the whitelist was last verified {} day(s) ago",
+                (now_unix - a.at_unix) / 86_400
+            ));
+        }
+    }
+    (
+        Section {
+            configured: true,
+            summary,
+            details,
+        },
+        reasons,
+    )
 }
 
 /// What the publisher's last probe of the DMP said (a TLS handshake with the practice's

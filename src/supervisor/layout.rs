@@ -61,6 +61,7 @@ fn entries(config: &Config, ids: &Identities) -> Vec<(PathBuf, u32, u32, u32, Ki
     let receiver = ids.of("receiver");
     let hl7 = ids.of("hl7");
     let publisher = ids.of("publisher");
+    let whitelist = ids.of("whitelist");
     vec![
         // Sockets and health.json: traversable by every service user (group drimbox).
         (
@@ -127,6 +128,15 @@ fn entries(config: &Config, ids: &Identities) -> Vec<(PathBuf, u32, u32, u32, Ki
             Kind::Dir,
         ),
         (d.join("lots"), archive.uid, archive.gid, 0o750, Kind::Dir),
+        // The whitelist in service, its proofs and the CRL cache: the updater's; readable by
+        // the box group (the WADO-RS server checks clients against the list).
+        (
+            d.join("whitelist"),
+            whitelist.uid,
+            ids.box_gid,
+            0o750,
+            Kind::Dir,
+        ),
     ]
 }
 

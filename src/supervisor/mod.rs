@@ -61,7 +61,14 @@ pub enum SupervisorError {
 }
 
 /// The services `drimbox run` starts, in start order.
-pub const SERVICES: [&str; 5] = ["archive", "receiver", "hl7", "publisher", "status"];
+pub const SERVICES: [&str; 6] = [
+    "archive",
+    "receiver",
+    "hl7",
+    "publisher",
+    "whitelist",
+    "status",
+];
 
 /// The supervisor's view of the box, written to `<run_dir>/health.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +170,8 @@ struct Sockets {
     mllp: std::net::TcpListener,
     http: std::net::TcpListener,
     archive: Vec<(crate::ipc::Role, std::os::unix::net::UnixListener)>,
+    /// `drimbox whitelist update` asks the updater here.
+    whitelist_control: std::os::unix::net::UnixListener,
 }
 
 impl Supervisor {
@@ -244,6 +253,7 @@ impl Supervisor {
                 Role::Hl7 => ids.of("hl7").gid,
                 Role::Reader => ids.box_gid,
                 Role::Publisher => ids.of("publisher").gid,
+                Role::Whitelist => ids.of("whitelist").gid,
             });
             let path = role.socket_path(&c.storage.run_dir);
             let l = layout::bind_unix(&path, group).map_err(|source| SupervisorError::Listen {
@@ -252,11 +262,20 @@ impl Supervisor {
             })?;
             archive.push((role, l));
         }
+        // The updater's control socket: its group only (and root, the administrator).
+        let path = crate::whitelist::updater::control_path(&c.storage.run_dir);
+        let group = self.identities.as_ref().map(|ids| ids.of("whitelist").gid);
+        let whitelist_control =
+            layout::bind_unix(&path, group).map_err(|source| SupervisorError::Listen {
+                what: path.display().to_string(),
+                source,
+            })?;
         Ok(Sockets {
             dicom,
             mllp,
             http,
             archive,
+            whitelist_control,
         })
     }
 
@@ -274,6 +293,10 @@ impl Supervisor {
             "receiver" => vec![("dicom", s.dicom.as_raw_fd())],
             "hl7" => vec![("mllp", s.mllp.as_raw_fd())],
             "status" => vec![("http", s.http.as_raw_fd())],
+            "whitelist" => vec![(
+                crate::whitelist::updater::CONTROL_SOCKET,
+                s.whitelist_control.as_raw_fd(),
+            )],
             _ => Vec::new(),
         };
         let env = named

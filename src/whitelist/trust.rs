@@ -135,3 +135,53 @@ pub fn fetch_crl(url: &str, timeout: Duration) -> Result<Crl, TrustError> {
     }
     parse_crl(&m.body, url)
 }
+
+/// The CRLs the list's certificates and the local intermediates name, fetched now. With a
+/// `cache` directory, each one fetched is kept there (atomically), and one that cannot be
+/// fetched is taken from there instead: the verification then judges its nextUpdate, so a
+/// cached CRL helps through an outage of the CRL server and never past its validity.
+/// Returns the CRLs and a note per URL that could not be fetched.
+pub fn gather_crls(
+    list: &[u8],
+    trust: &Trust,
+    cache: Option<&Path>,
+    timeout: Duration,
+) -> (Vec<Crl>, Vec<String>) {
+    let mut seen = std::collections::BTreeSet::new();
+    let urls: Vec<String> = super::verify::embedded_certificates(list)
+        .iter()
+        .chain(&trust.intermediates)
+        .flat_map(|c| c.crl_urls())
+        .filter(|u| seen.insert(u.clone()))
+        .collect();
+    let cached = |url: &str| -> Option<PathBuf> {
+        use sha2::{Digest, Sha256};
+        let h: String = Sha256::digest(url.as_bytes())
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        cache.map(|d| d.join(format!("{h}.crl")))
+    };
+    let (mut crls, mut notes) = (Vec::new(), Vec::new());
+    for url in urls {
+        match fetch_crl(&url, timeout) {
+            Ok(c) => {
+                if let Some(p) = cached(&url) {
+                    if let Err(e) = crate::archive::store::write_atomically(&p, c.der()) {
+                        notes.push(format!("CRL {url}: not cached: {e}"));
+                    }
+                }
+                crls.push(c);
+            }
+            Err(e) => match cached(&url).filter(|p| p.is_file()).map(|p| read_crl(&p)) {
+                Some(Ok(c)) => {
+                    notes.push(format!("{e}; the cached copy is used"));
+                    crls.push(c);
+                }
+                _ => notes.push(e.to_string()),
+            },
+        }
+    }
+    (crls, notes)
+}
