@@ -1277,6 +1277,41 @@ mod tests {
     }
 
     #[test]
+    fn whitelist_download_keys() {
+        let text = "[storage]\ndata_dir = \"/d\"\n[whitelist]\n\
+                    url = \"https://lb.example/lb.xml\"\ntls_trust_anchors = \"/k/ca.pem\"\n\
+                    daily_at = \"04:05\"\njitter_minutes = 10\n";
+        let c = Config::parse(text).unwrap();
+        let d = c.whitelist.download.unwrap();
+        assert_eq!(d.daily_at_minutes, 4 * 60 + 5);
+        assert_eq!(d.jitter, Duration::from_secs(600));
+        assert_eq!(d.timeout, Duration::from_secs(60));
+        assert_eq!(d.max_bytes, 16 * 1024 * 1024);
+        assert!(c.whitelist.proof_signing.is_none());
+        let bad = "[storage]\ndata_dir = \"/d\"\n[whitelist]\nurl = \"http://lb.example/\"\n\
+                   daily_at = \"25:00\"\njitter_minutes = -1\nmax_bytes = 1\n\
+                   proof_pkcs12 = \"/k/p.p12\"\nfrequency = 2\n";
+        let problems = Config::parse(bad).unwrap_err();
+        let k = keys(&problems);
+        for expected in [
+            "whitelist.url",
+            "whitelist.daily_at",
+            "whitelist.jitter_minutes",
+            "whitelist.max_bytes",
+            "whitelist.proof_password_file",
+            "whitelist.frequency",
+        ] {
+            assert!(k.contains(&expected), "{expected} not in {k:?}");
+        }
+        // A URL without the CA of its server is refused, naming the missing key.
+        let half = "[storage]\ndata_dir = \"/d\"\n[whitelist]\nurl = \"https://lb.example/\"\n";
+        assert_eq!(
+            keys(&Config::parse(half).unwrap_err()),
+            ["whitelist.tls_trust_anchors"]
+        );
+    }
+
+    #[test]
     fn publication_keys() {
         let text = "[storage]\ndata_dir = \"/d\"\n[publication]\n\
                     wado_base_url = \"https://db.example.fr/wado\"\nuid_root = \"1.2.250.1.999\"\n\
