@@ -745,3 +745,75 @@ fn the_updater_installs_only_verified_lists_and_keeps_the_last_good_one() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// A list installed just before a crash (its attempt never committed) is found at start and
+/// its attempt recorded; the box then waits for its daily slot instead of downloading at once.
+/// A box without `[whitelist] url` says it downloads nothing, and refuses `whitelist update`.
+#[test]
+fn a_list_installed_before_a_crash_is_recorded_at_start_and_an_unconfigured_box_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    py(&["pki", pki.to_str().unwrap()]);
+    let signed = signed_list(dir.path(), &pki);
+    let tls = dir.path().join("tls");
+    fs::create_dir(&tls).unwrap();
+    mint_pki(&tls, "list");
+
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    fs::create_dir_all(data.join("whitelist")).unwrap();
+    fs::copy(&signed, data.join("whitelist/liste-blanche.xml")).unwrap();
+    // Nobody listens there: a download would fail and be recorded as such.
+    let b = DrimBox::start_in(
+        home,
+        data,
+        Settings {
+            extra_config: format!(
+                "\n[whitelist]\nurl = \"https://127.0.0.1:{}/lb.xml\"\ntls_trust_anchors = {:?}\n\
+                 trust_anchors = [{:?}]\nintermediates = [{:?}]\n",
+                free_port(),
+                tls.join("list-ca.pem").display().to_string(),
+                pki.join("root.pem").display().to_string(),
+                pki.join("intermediate.pem").display().to_string(),
+            ),
+            ..Settings::default()
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let h = loop {
+        let h = history(&b);
+        if !h.is_empty() {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "nothing recorded\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(h[0]["outcome"], "installed", "{h:#?}");
+    assert_eq!(h[0]["trigger"], "start");
+    assert!(h[0]["reason"].as_str().unwrap().contains("interruption"));
+    assert_eq!(h[0]["domains"], 17);
+    // Recorded once, and no download was attempted after it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(history(&b).len(), 1, "{:#?}", history(&b));
+    drop(b);
+
+    let b = DrimBox::start(Settings::default());
+    let o = Command::new(bin())
+        .args(["whitelist", "update", "--config"])
+        .arg(&b.config_path)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("[whitelist] url"), "{}", text(&o));
+    let (_, status) = b.http_get("/status.json");
+    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(s["whitelist"]["configured"], false, "{s:#}");
+    assert!(
+        s["whitelist"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("not downloaded"),
+        "{s:#}"
+    );
+    assert!(!s["reasons"].to_string().contains("whitelist"), "{s:#}");
+}

@@ -355,6 +355,9 @@ pub struct WhitelistAttempt {
     /// The proof of verification, a file name under the whitelist directory's `proofs/`.
     pub proof: Option<String>,
     pub proof_signed: bool,
+    /// The installed version's copy, a file name under the whitelist directory's `versions/`.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,9 +7,10 @@
 //! Its files, under `data_dir/whitelist/` (the updater's own directory, readable by the box
 //! group for the WADO-RS server):
 //! `liste-blanche.xml` (in service), `liste-blanche.previous.xml`, `liste-blanche.proof.xml`
-//! (the proof of the one in service), `proofs/` (every verification's proof), `crl/` (cache).
+//! (the proof of the one in service), `proofs/` (every verification's proof), `versions/`
+//! (every list ever installed, named by its DateDeGeneration and digest), `crl/` (cache).
 //!
-//! Order of the durable steps: proof, previous, list, its proof (each temp + fsync + rename +
+//! Order of the durable steps: proof, version copy, previous, list, its proof (each temp + fsync + rename +
 //! directory fsync), then the attempt committed in the archive. A crash after the list and
 //! before the commit leaves a list whose attempt is missing: the next start records it.
 //!
@@ -80,6 +81,9 @@ impl Files {
     }
     pub fn crl_cache(&self) -> PathBuf {
         self.dir.join("crl")
+    }
+    pub fn versions(&self) -> PathBuf {
+        self.dir.join("versions")
     }
 }
 
@@ -190,6 +194,7 @@ impl Updater {
             crls_next_update_unix: None,
             proof: None,
             proof_signed: false,
+            version: None,
         };
         let answer = crate::dmp::http::get(
             &d.url,
@@ -253,8 +258,21 @@ impl Updater {
                 }
             }
         } else {
-            match self.install(&bytes, proof.as_deref()) {
-                Ok(()) => attempt.outcome = WhitelistOutcome::Installed,
+            let version = format!(
+                "{}-{}.xml",
+                v.generated
+                    .as_deref()
+                    .unwrap_or("undated")
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric())
+                    .collect::<String>(),
+                &v.sha256[..12]
+            );
+            match self.install(&bytes, proof.as_deref(), &version) {
+                Ok(()) => {
+                    attempt.outcome = WhitelistOutcome::Installed;
+                    attempt.version = Some(version);
+                }
                 Err(e) => {
                     attempt.outcome = WhitelistOutcome::InstallFailed;
                     attempt.reason = Some(e.to_string());
@@ -338,8 +356,10 @@ impl Updater {
     }
 
     /// The previous list aside, then the new one and its proof in place (see the module doc).
-    fn install(&self, bytes: &[u8], proof: Option<&str>) -> std::io::Result<()> {
+    fn install(&self, bytes: &[u8], proof: Option<&str>, version: &str) -> std::io::Result<()> {
         let f = &self.files;
+        fs::create_dir_all(f.versions())?;
+        write_atomically(&f.versions().join(version), bytes)?;
         if let Ok(old) = fs::read(f.current()) {
             write_atomically(&f.previous(), &old)?;
         }
@@ -476,7 +496,12 @@ fn refuse(mut stream: UnixStream, why: &str) {
 pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), UpdaterError> {
     let mut reporter = crate::control::Reporter::from_env();
     let files = Files::new(&config.storage.data_dir);
-    for d in [files.dir.clone(), files.proofs(), files.crl_cache()] {
+    for d in [
+        files.dir.clone(),
+        files.proofs(),
+        files.crl_cache(),
+        files.versions(),
+    ] {
         fs::create_dir_all(&d).map_err(|source| UpdaterError::Io { path: d, source })?;
     }
     let listener = control_listener(config).map_err(|source| UpdaterError::Io {
@@ -551,6 +576,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), UpdaterError> {
                             crls_next_update_unix: None,
                             proof: None,
                             proof_signed: false,
+                            version: None,
                         };
                         log::warn!("whitelist {sha}: installed but not recorded; recorded now");
                         unrecorded.push(a.clone());
