@@ -136,7 +136,37 @@ pub fn fetch_crl(url: &str, timeout: Duration) -> Result<Crl, TrustError> {
     parse_crl(&m.body, url)
 }
 
-/// The CRLs the list's certificates and the local intermediates name, fetched now. With a
+/// The certificates whose CRLs are worth fetching: the configured anchors and intermediates,
+/// and those of `embedded` issued (signature checked) by one of them or by one already taken.
+/// A list's certificates are attacker-supplied until verified: a forged one must not make the
+/// box fetch URLs of its choosing.
+fn issued_within(trust: &Trust, embedded: Vec<Certificate>) -> Vec<Certificate> {
+    let mut taken: Vec<Certificate> = trust
+        .anchors
+        .iter()
+        .chain(&trust.intermediates)
+        .cloned()
+        .collect();
+    let mut rest = embedded;
+    loop {
+        let before = rest.len();
+        let (inside, outside): (Vec<Certificate>, Vec<Certificate>) =
+            rest.into_iter().partition(|c| {
+                taken
+                    .iter()
+                    .any(|i| c.issued_by_name(i) && c.verify_signed_by(i).is_ok())
+            });
+        rest = outside;
+        let progressed = rest.len() < before;
+        taken.extend(inside);
+        if !progressed || rest.is_empty() {
+            return taken;
+        }
+    }
+}
+
+/// The CRLs the local intermediates and the list's certificates issued within the trust name
+/// (see [`issued_within`]), fetched now. With a
 /// `cache` directory, each one fetched is kept there (atomically), and one that cannot be
 /// fetched is taken from there instead: the verification then judges its nextUpdate, so a
 /// cached CRL helps through an outage of the CRL server and never past its validity.
@@ -148,9 +178,9 @@ pub fn gather_crls(
     timeout: Duration,
 ) -> (Vec<Crl>, Vec<String>) {
     let mut seen = std::collections::BTreeSet::new();
-    let urls: Vec<String> = super::verify::embedded_certificates(list)
+    let urls: Vec<String> = issued_within(trust, super::verify::embedded_certificates(list))
         .iter()
-        .chain(&trust.intermediates)
+        .filter(|c| !trust.anchors.iter().any(|a| a.der() == c.der()))
         .flat_map(|c| c.crl_urls())
         .filter(|u| seen.insert(u.clone()))
         .collect();
