@@ -19,6 +19,7 @@ pub mod signing;
 pub mod status;
 pub mod supervisor;
 pub mod tls;
+pub mod wado;
 pub mod whitelist;
 pub mod xdm;
 pub mod xds;
