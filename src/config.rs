@@ -27,6 +27,25 @@ pub struct Config {
     /// Where and how lots are sent; None: lots are built and kept, not sent.
     pub dmp: Option<DmpConfig>,
     pub whitelist: WhitelistConfig,
+    /// WADO-RS for consumer DRIMboxes; None: not served.
+    pub wado: Option<WadoConfig>,
+}
+
+/// The WADO-RS server (DRIM-M §4.3): HTTPS with a client certificate required.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WadoConfig {
+    pub listen: IpAddr,
+    pub port: u16,
+    /// PEM chain of the box's server certificate (its whitelist `db` name), and its key.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// CA certificates (PEM) a consumer's client certificate must chain to (IGC-Santé).
+    pub client_ca: PathBuf,
+    /// The path our KOS Retrieve URLs use before `/studies/…` (from `publication.wado_base_url`
+    /// unless set), e.g. `/wado`.
+    pub base_path: String,
+    pub timeout: Duration,
+    pub max_connections: usize,
 }
 
 /// Whom the whitelist must be signed by (DRIM-M §5.3). Absent keys: the IGC-Santé TEST root
@@ -491,6 +510,7 @@ impl Config {
         let publication = r.publication(&mut root);
         let dmp = r.dmp(&mut root);
         let whitelist = r.whitelist(&mut root);
+        let wado = r.wado(&mut root, &publication);
 
         r.finish(root, "");
 
@@ -500,6 +520,7 @@ impl Config {
             ("dicom.port", port),
             ("hl7.port", hl7_port),
             ("status.port", status_port),
+            ("wado.port", wado.as_ref().map(|w| w.port)),
         ] {
             if let Some(p) = p {
                 if let Some(other) = ports.insert(p, key) {
@@ -558,6 +579,7 @@ impl Config {
             publication,
             dmp,
             whitelist,
+            wado,
         })
     }
 
@@ -610,6 +632,20 @@ impl Config {
             for (key, file) in [
                 ("publication.signing.pkcs12", &s.pkcs12),
                 ("publication.signing.password_file", &s.password_file),
+            ] {
+                if let Err(e) = std::fs::File::open(file) {
+                    problems.push(Problem {
+                        key: key.into(),
+                        message: format!("cannot read {}: {e}", file.display()),
+                    });
+                }
+            }
+        }
+        if let Some(wado) = &self.wado {
+            for (key, file) in [
+                ("wado.certificate", &wado.certificate),
+                ("wado.private_key", &wado.private_key),
+                ("wado.client_ca", &wado.client_ca),
             ] {
                 if let Err(e) = std::fs::File::open(file) {
                     problems.push(Problem {
@@ -867,6 +903,53 @@ impl Reader {
             download,
             proof_signing,
         }
+    }
+
+    fn wado(&mut self, root: &mut toml::Table, p: &PublicationConfig) -> Option<WadoConfig> {
+        let v = root.remove("wado")?;
+        let k = "wado";
+        let mut t = self.expect_table(v, k);
+        let listen = self
+            .opt_ip(&mut t, k, "listen")
+            .unwrap_or(Some(IpAddr::from([0, 0, 0, 0])));
+        let port = self.opt_port(&mut t, k, "port").unwrap_or(Some(8443));
+        let certificate = self.req_path(&mut t, k, "certificate");
+        let private_key = self.req_path(&mut t, k, "private_key");
+        let client_ca = self.req_path(&mut t, k, "client_ca");
+        // The KOS tells consumers where to retrieve: by default the same path.
+        let from_kos = p.wado_base_url.as_deref().map(|u| {
+            let rest = u.split_once("://").map_or(u, |(_, r)| r);
+            rest.find('/')
+                .map_or(String::new(), |i| rest[i..].to_string())
+        });
+        let base_path = match self.opt_str(&mut t, k, "base_path").flatten() {
+            Some(b) if b.is_empty() || (b.starts_with('/') && !b.ends_with('/')) => Some(b),
+            Some(b) => {
+                self.problem(
+                    "wado.base_path",
+                    format!("`{b}` must start with / and not end with one (or be empty)"),
+                );
+                None
+            }
+            None => Some(from_kos.unwrap_or_else(|| "/wado".into())),
+        };
+        let timeout = self
+            .opt_int(&mut t, k, "timeout_seconds", 1, 3600)
+            .unwrap_or(Some(60));
+        let max_connections = self
+            .opt_int(&mut t, k, "max_connections", 1, 1024)
+            .unwrap_or(Some(32));
+        self.finish(t, k);
+        Some(WadoConfig {
+            listen: listen?,
+            port: port?,
+            certificate: certificate?,
+            private_key: private_key?,
+            client_ca: client_ca?,
+            base_path: base_path?,
+            timeout: Duration::from_secs(timeout? as u64),
+            max_connections: max_connections? as usize,
+        })
     }
 
     fn dmp(&mut self, root: &mut toml::Table) -> Option<DmpConfig> {

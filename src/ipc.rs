@@ -32,15 +32,18 @@ pub enum Role {
     Publisher,
     /// The whitelist updater: records its attempts (the list's history).
     Whitelist,
+    /// The WADO-RS server: gets a retrieve's files as descriptors, records every access.
+    Wado,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Receiver,
         Role::Hl7,
         Role::Reader,
         Role::Publisher,
         Role::Whitelist,
+        Role::Wado,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Role {
             Role::Reader => "reader",
             Role::Publisher => "publisher",
             Role::Whitelist => "whitelist",
+            Role::Wado => "wado",
         }
     }
 
@@ -66,8 +70,10 @@ impl Role {
                 self == Role::Publisher
             }
             Request::RecordWhitelistAttempt(_) => self == Role::Whitelist,
+            Request::Retrieve(_) | Request::RecordAccess(_) => self == Role::Wado,
             Request::Ping
             | Request::WhitelistAttempts { .. }
+            | Request::Accesses { .. }
             | Request::Summary
             | Request::Study { .. }
             | Request::Exams
@@ -125,6 +131,15 @@ pub enum Request {
     WhitelistAttempts {
         limit: u32,
     },
+    /// A WADO-RS retrieve: the decision and one page of instances, their files passed as
+    /// descriptors after the answer (the WADO-RS user cannot open the store itself).
+    Retrieve(Box<crate::archive::model::RetrieveRequest>),
+    /// One WADO-RS request, for the audit trail.
+    RecordAccess(Box<crate::archive::model::AccessRecord>),
+    /// The last WADO-RS accesses, newest first.
+    Accesses {
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +158,9 @@ pub enum Response {
     ProgressRecorded,
     WhitelistAttemptRecorded { seq: u64 },
     WhitelistAttempts(Vec<crate::archive::model::WhitelistAttempt>),
+    Retrieval(crate::archive::model::Retrieval),
+    AccessRecorded,
+    Accesses(Vec<crate::archive::model::AccessRecord>),
     Error(ArchiveFailure),
 }
 
@@ -378,6 +396,33 @@ impl Client {
         }
     }
 
+    /// A retrieve: the answer, then one open file per instance of the page, in order.
+    pub fn retrieve(
+        &mut self,
+        request: &crate::archive::model::RetrieveRequest,
+    ) -> Result<(crate::archive::model::Retrieval, Vec<std::fs::File>), IpcError> {
+        match self.call(&Request::Retrieve(Box::new(request.clone())))? {
+            Response::Retrieval(r) => {
+                let files = if r.instances.is_empty() {
+                    Vec::new()
+                } else {
+                    recv_fds(&self.stream, r.instances.len())?
+                };
+                if files.len() != r.instances.len() {
+                    return Err(IpcError::Malformed(format!(
+                        "{} descriptors for {} instances",
+                        files.len(),
+                        r.instances.len()
+                    )));
+                }
+                Ok((r, files))
+            }
+            other => Err(IpcError::Malformed(format!(
+                "expected a retrieval, got {other:?}"
+            ))),
+        }
+    }
+
     /// Sends a request and waits for its answer; an archive-side refusal is `IpcError::Refused`.
     pub fn call(&mut self, request: &Request) -> Result<Response, IpcError> {
         write_frame(&mut self.stream, request)?;
@@ -389,9 +434,132 @@ impl Client {
     }
 }
 
+/// Most descriptors one message carries (the kernel's SCM_MAX_FD is 253).
+pub const MAX_FDS: usize = 128;
+
+/// Sends `files` as SCM_RIGHTS over `stream`, in messages of at most [`MAX_FDS`], each with
+/// one data byte (ancillary data needs some).
+pub fn send_fds(stream: &UnixStream, files: &[std::os::fd::RawFd]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    for batch in files.chunks(MAX_FDS) {
+        let bytes = std::mem::size_of_val(batch);
+        // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic on the length.
+        let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+        let mut control = vec![0u8; space];
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: a zeroed msghdr is a valid empty one; the pointers set below outlive the
+        // sendmsg call, and the control buffer has room for one header with `bytes` of data.
+        let sent = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                batch.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                bytes,
+            );
+            libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+        };
+        if sent != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives `n` descriptors sent by [`send_fds`] (close-on-exec), as files.
+pub fn recv_fds(stream: &UnixStream, n: usize) -> io::Result<Vec<std::fs::File>> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let want = (n - out.len()).min(MAX_FDS);
+        let bytes = want * std::mem::size_of::<std::os::fd::RawFd>();
+        // SAFETY: arithmetic on the length.
+        let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+        let mut control = vec![0u8; space];
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: as in send_fds; every descriptor the kernel installed is taken into a File
+        // (so none leaks), and only within the received control length.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let got = libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if got < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let before = out.len();
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg);
+                    let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    for i in 0..len / std::mem::size_of::<std::os::fd::RawFd>() {
+                        let fd = std::ptr::read_unaligned(data.cast::<std::os::fd::RawFd>().add(i));
+                        out.push(std::fs::File::from_raw_fd(fd));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+            if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+                return Err(io::Error::other("descriptors truncated"));
+            }
+            if out.len() == before {
+                return Err(io::Error::other("a message without descriptors"));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptors_pass_in_batches() {
+        use std::io::{Read, Seek};
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<std::fs::File> = (0..300)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i}"));
+                std::fs::write(&p, format!("file {i}")).unwrap();
+                std::fs::File::open(p).unwrap()
+            })
+            .collect();
+        let (a, b) = UnixStream::pair().unwrap();
+        let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let sender = std::thread::spawn(move || send_fds(&a, &fds).map(|()| a));
+        let got = recv_fds(&b, 300).unwrap();
+        sender.join().unwrap().unwrap();
+        assert_eq!(got.len(), 300);
+        for (i, mut f) in got.into_iter().enumerate() {
+            let mut s = String::new();
+            f.rewind().unwrap();
+            f.read_to_string(&mut s).unwrap();
+            assert_eq!(s, format!("file {i}"));
+        }
+    }
 
     #[test]
     fn frame_roundtrip_and_limits() {

@@ -582,6 +582,10 @@ fn service(name: &str, config_path: &Path) -> Result<ExitCode> {
             drimbox::logging::init("whitelist", config.log.level);
             drimbox::whitelist::updater::run(&config, stop)?;
         }
+        "wado" => {
+            drimbox::logging::init("wado", config.log.level);
+            drimbox::wado::server::run(&config, stop)?;
+        }
         "status" => {
             drimbox::logging::init("status", config.log.level);
             drimbox::status::run(&config, stop)?;

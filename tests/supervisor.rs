@@ -197,11 +197,11 @@ fn sd_notify_ready_watchdog_wedge_and_stopping() {
             .filter(|m| m.starts_with("STATUS="))
             .collect();
         assert!(
-            before.iter().all(|m| !m.contains("6/6")),
+            before.iter().all(|m| !m.contains("7/7")),
             "READY=1 came after a STATUS saying all were ready: {names:?}"
         );
         assert!(
-            names.contains(&"STATUS=6/6 services ready, 0 restart(s)"),
+            names.contains(&"STATUS=7/7 services ready, 0 restart(s)"),
             "{names:?}"
         );
         // Pings every half interval (0.5 s) once running.

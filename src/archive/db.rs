@@ -43,6 +43,8 @@ const STUDY_REPORTS: MultimapTableDefinition<&str, &str> =
 const LOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("lots");
 /// Delivery steps in commit order (key: a counter), for the status page's last exchanges.
 const EXCHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("exchanges");
+/// WADO-RS requests in commit order (key: a counter): the audit trail of image access.
+const ACCESSES: TableDefinition<u64, &[u8]> = TableDefinition::new("wado_accesses");
 /// The whitelist updater's attempts in commit order (key: a counter): the list's history.
 const WHITELIST_ATTEMPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("whitelist_attempts");
 
@@ -565,6 +567,34 @@ pub fn append_exchange(
 pub fn last_exchanges(db: &Db, limit: usize) -> Result<Vec<super::model::ExchangeRecord>, DbError> {
     let txn = db.read()?;
     let t = match txn.open_table(EXCHANGES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in t.iter()?.rev().take(limit) {
+        let (k, v) = entry?;
+        out.push(decode(&k.value().to_string(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// Appends (and commits) one WADO-RS access.
+pub fn append_access(db: &Db, access: &super::model::AccessRecord) -> Result<(), DbError> {
+    let txn = db.begin_write()?;
+    {
+        let mut t = txn.open_table(ACCESSES)?;
+        let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
+        t.insert(next, encode(access).as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The last `limit` WADO-RS accesses, newest first.
+pub fn accesses(db: &Db, limit: usize) -> Result<Vec<super::model::AccessRecord>, DbError> {
+    let txn = db.read()?;
+    let t = match txn.open_table(ACCESSES) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),

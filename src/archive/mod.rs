@@ -10,6 +10,7 @@ pub mod db;
 pub mod exams;
 pub mod model;
 pub mod recovery;
+pub mod retrieve;
 pub mod store;
 
 use std::collections::BTreeSet;
@@ -216,14 +217,32 @@ fn serve_connection(
                 return;
             }
         };
-        let response = if !role.allows(&request) {
-            Response::Error(ArchiveFailure {
+        if !role.allows(&request) {
+            let refusal = Response::Error(ArchiveFailure {
                 kind: FailureKind::Forbidden,
                 message: format!("role {} may not make this request", role.name()),
-            })
-        } else {
-            answer(request, db, layout, jobs, policy)
-        };
+            });
+            if ipc::write_frame(&mut stream, &refusal).is_err() {
+                return;
+            }
+            continue;
+        }
+        // A retrieve's answer is followed by its files, as descriptors.
+        if let Request::Retrieve(r) = &request {
+            let (response, files) = match retrieve::retrieve(db, layout, r) {
+                Ok((r, files)) => (Response::Retrieval(r), files),
+                Err(f) => (Response::Error(f), Vec::new()),
+            };
+            if ipc::write_frame(&mut stream, &response).is_err() {
+                return;
+            }
+            let fds: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+            if !fds.is_empty() && ipc::send_fds(&stream, &fds).is_err() {
+                return;
+            }
+            continue;
+        }
+        let response = answer(request, db, layout, jobs, policy);
         if ipc::write_frame(&mut stream, &response).is_err() {
             return;
         }
@@ -267,6 +286,19 @@ fn answer(
                 Err(e) => Response::Error(db_failure(e)),
             }
         }
+        Request::RecordAccess(a) => match db::append_access(db, &a) {
+            Ok(()) => Response::AccessRecorded,
+            Err(e) => Response::Error(db_failure(e)),
+        },
+        Request::Accesses { limit } => match db::accesses(db, limit.min(1000) as usize) {
+            Ok(v) => Response::Accesses(v),
+            Err(e) => Response::Error(db_failure(e)),
+        },
+        // Answered with its descriptors in serve_connection.
+        Request::Retrieve(_) => Response::Error(failure(
+            FailureKind::Invalid,
+            "a retrieve is answered with descriptors",
+        )),
         Request::Exams => match db.exams(policy) {
             Ok(v) => Response::Exams(v),
             Err(e) => Response::Error(db_failure(e)),

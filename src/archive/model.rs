@@ -393,3 +393,68 @@ impl WhitelistOutcome {
         }
     }
 }
+
+/// What a WADO-RS retrieve asks the archive (one page of at most `limit` instances from
+/// `offset`, in series then SOP Instance UID order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrieveRequest {
+    pub study_uid: String,
+    pub series_uid: Option<String>,
+    pub sop_uid: Option<String>,
+    /// The consumer's `KOS-SOPInstanceUID`.
+    pub kos_uid: String,
+    pub offset: u32,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrieveDecision {
+    Serve,
+    /// 404: a newer manifest replaced the one named.
+    Replaced,
+    /// 410: the exam was withdrawn.
+    Withdrawn,
+    /// 404: no manifest with that UID for this study.
+    UnknownManifest,
+    /// 404: the manifest is in force, but the series or instance asked for is not in the
+    /// study (or was rejected).
+    NotFound,
+}
+
+/// One instance to stream: its file follows the answer as a passed descriptor, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrievedInstance {
+    pub sop_uid: String,
+    pub series_uid: String,
+    pub transfer_syntax: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retrieval {
+    pub decision: RetrieveDecision,
+    /// Instances matching, over all pages.
+    pub total: u32,
+    /// The distinct transfer syntaxes over all pages (to negotiate before the first byte).
+    pub transfer_syntaxes: Vec<String>,
+    /// This page; as many descriptors follow the frame.
+    pub instances: Vec<RetrievedInstance>,
+}
+
+/// One WADO-RS request, for the audit trail: who (the client certificate's subject, an
+/// operator's organisation, not a person), what (UIDs), and the outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessRecord {
+    pub at_ms: i64,
+    pub client: String,
+    pub peer: String,
+    pub path: String,
+    pub study_uid: Option<String>,
+    pub kos_uid: Option<String>,
+    pub status: u16,
+    /// `served`, or why not (a short, fixed phrase: counted by reason on the status page).
+    pub outcome: String,
+    pub instances: u32,
+    pub bytes: u64,
+}

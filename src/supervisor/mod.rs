@@ -61,12 +61,13 @@ pub enum SupervisorError {
 }
 
 /// The services `drimbox run` starts, in start order.
-pub const SERVICES: [&str; 6] = [
+pub const SERVICES: [&str; 7] = [
     "archive",
     "receiver",
     "hl7",
     "publisher",
     "whitelist",
+    "wado",
     "status",
 ];
 
@@ -172,6 +173,8 @@ struct Sockets {
     archive: Vec<(crate::ipc::Role, std::os::unix::net::UnixListener)>,
     /// `drimbox whitelist update` asks the updater here.
     whitelist_control: std::os::unix::net::UnixListener,
+    /// WADO-RS, when `[wado]` is configured.
+    wado: Option<std::net::TcpListener>,
 }
 
 impl Supervisor {
@@ -254,6 +257,7 @@ impl Supervisor {
                 Role::Reader => ids.box_gid,
                 Role::Publisher => ids.of("publisher").gid,
                 Role::Whitelist => ids.of("whitelist").gid,
+                Role::Wado => ids.of("wado").gid,
             });
             let path = role.socket_path(&c.storage.run_dir);
             let l = layout::bind_unix(&path, group).map_err(|source| SupervisorError::Listen {
@@ -270,12 +274,20 @@ impl Supervisor {
                 what: path.display().to_string(),
                 source,
             })?;
+        let wado = match &c.wado {
+            Some(w) => Some(tcp(
+                "the WADO-RS",
+                std::net::SocketAddr::new(w.listen, w.port),
+            )?),
+            None => None,
+        };
         Ok(Sockets {
             dicom,
             mllp,
             http,
             archive,
             whitelist_control,
+            wado,
         })
     }
 
@@ -293,6 +305,7 @@ impl Supervisor {
             "receiver" => vec![("dicom", s.dicom.as_raw_fd())],
             "hl7" => vec![("mllp", s.mllp.as_raw_fd())],
             "status" => vec![("http", s.http.as_raw_fd())],
+            "wado" => s.wado.iter().map(|l| ("wado", l.as_raw_fd())).collect(),
             "whitelist" => vec![(
                 crate::whitelist::updater::CONTROL_SOCKET,
                 s.whitelist_control.as_raw_fd(),

@@ -2,6 +2,8 @@
 //! the real peers (DCMTK, pynetdicom via tests/peers/pyscu.py, the agency's samples).
 #![allow(dead_code)]
 
+pub mod dmp;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,351 @@
+//! WADO-RS end to end with real clients: an exam published to the DMP simulator, then `curl`
+//! with client certificates minted by openssl retrieves it as a consumer DRIMbox would; every
+//! part is parsed by pydicom and compared with what the modality sent. Then the refusals: no
+//! certificate, another CA, a subject not (or no longer) on the whitelist, a missing or unknown
+//! KOS-SOPInstanceUID, a replaced and a withdrawn manifest, unacceptable and malformed Accept.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::dmp::*;
+use common::*;
+
+/// The agency validator's Accept header (shared/ref/wado-rs/request_series.txt).
+fn agency_accept() -> String {
+    let req = fs::read_to_string(shared().join("ref/wado-rs/request_series.txt")).unwrap();
+    req.lines()
+        .find_map(|l| l.strip_prefix("Accept:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// (path, KOS-SOPInstanceUID, Accept, status, words of the reason).
+type Refused<'a> = (&'a str, Option<&'a str>, Option<&'a str>, u16, &'a str);
+
+const ANY: &str = "multipart/related; type=\"application/dicom\"; transfer-syntax=*";
+
+/// A whitelist as the updater installs it (the WADO-RS server reads the list in service; the
+/// updater alone verifies and writes it), listing `subjects`.
+fn install_whitelist(b: &DrimBox, subjects: &[&str], generated: &str) {
+    let mut domains = String::new();
+    for (i, dn) in subjects.iter().enumerate() {
+        domains.push_str(&format!(
+            "<Domaine><Identifiant>{}</Identifiant><db>db{i}.test.example</db><vi>vi{i}.test.example</vi>\
+             <Denomination>TEST</Denomination><DNCertificatOperateur>{dn}</DNCertificatOperateur></Domaine>",
+            900 + i
+        ));
+    }
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListeBlancheDRIM-M xmlns=\"https://github.com/ansforge/DRIM-M_DATA\" \
+         versionFormat=\"1.0.0\"><DateDeGeneration>{generated}</DateDeGeneration><ListeDomaines>{domains}\
+         </ListeDomaines></ListeBlancheDRIM-M>"
+    );
+    let dir = b.data_dir.join("whitelist");
+    fs::create_dir_all(&dir).unwrap();
+    let tmp = dir.join(".liste-blanche.xml.tmp");
+    fs::write(&tmp, xml).unwrap();
+    fs::rename(tmp, dir.join("liste-blanche.xml")).unwrap();
+}
+
+struct Answer {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+    curl_exit: i32,
+}
+
+/// GET `path` with curl, as the client `cert` (None: no certificate).
+fn get(
+    port: u16,
+    tls: &Path,
+    cert: Option<&str>,
+    path: &str,
+    kos: Option<&str>,
+    accept: Option<&str>,
+) -> Answer {
+    let out = tempfile::tempdir().unwrap();
+    let (h, body) = (out.path().join("h"), out.path().join("b"));
+    let mut c = Command::new("curl");
+    c.args(["-s", "--max-time", "30", "--cacert"])
+        .arg(tls.join("wado-ca.pem"))
+        .arg("-D")
+        .arg(&h)
+        .arg("-o")
+        .arg(&body);
+    if let Some(name) = cert {
+        c.arg("--cert")
+            .arg(tls.join(format!("{name}-client.pem")))
+            .arg("--key")
+            .arg(tls.join(format!("{name}-client.key")));
+    }
+    if let Some(k) = kos {
+        c.args(["-H", &format!("KOS-SOPInstanceUID: {k}")]);
+    }
+    // Without one, curl would send `Accept: */*`; `Accept:` removes it.
+    c.args([
+        "-H",
+        &format!(
+            "Accept:{}",
+            accept.map_or(String::new(), |a| format!(" {a}"))
+        ),
+    ]);
+    c.args(["-H", "Authorization: Bearer test-token"]);
+    c.arg(format!("https://127.0.0.1:{port}{path}"));
+    let o = c.output().unwrap();
+    let head = fs::read_to_string(&h).unwrap_or_default();
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: fs::read(&body).unwrap_or_default(),
+        curl_exit: o.status.code().unwrap_or(-1),
+    }
+}
+
+/// The parts of a multipart/related body: (part headers, bytes).
+fn parts(a: &Answer) -> Vec<(String, Vec<u8>)> {
+    let ct = &a.headers["content-type"];
+    let boundary = ct.split("boundary=").nth(1).unwrap().trim_matches('"');
+    let sep = format!("--{boundary}");
+    let b = &a.body;
+    let starts: Vec<usize> = (0..b.len().saturating_sub(sep.len()))
+        .filter(|&i| b[i..].starts_with(sep.as_bytes()))
+        .collect();
+    assert!(b.ends_with(format!("{sep}--\r\n").as_bytes()), "not closed");
+    starts
+        .windows(2)
+        .map(|w| {
+            let part = &b[w[0] + sep.len() + 2..w[1] - 2];
+            let at = part.windows(4).position(|x| x == b"\r\n\r\n").unwrap();
+            (
+                String::from_utf8_lossy(&part[..at]).to_string(),
+                part[at + 4..].to_vec(),
+            )
+        })
+        .collect()
+}
+
+fn kos_uids(b: &DrimBox) -> Vec<String> {
+    let out = run_ok(
+        Command::new(bin())
+            .args(["exam", STUDY, "--json", "--config"])
+            .arg(&b.config_path),
+    );
+    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    h["lots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["kos_sop_uid"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_told_why() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    let tls = tempfile::tempdir().unwrap();
+    mint_pki(tls.path(), "wado");
+    mint_pki(tls.path(), "other");
+    let t = tls.path();
+    let sim = Simulator::start(pki.path(), &[]);
+    let port = free_port();
+    let p = |n: &str| format!("{:?}", t.join(n).display().to_string());
+    let (b, _images, sent) = publish_one_in(
+        pki.path(),
+        &sim,
+        Settings {
+            extra_config: format!(
+                "\n[wado]\nlisten = \"127.0.0.1\"\nport = {port}\ncertificate = {}\nprivate_key = {}\nclient_ca = {}\n",
+                p("wado-server.pem"),
+                p("wado-server.key"),
+                p("wado-ca.pem")
+            ),
+            ..Settings::default()
+        },
+    );
+    wait_state(&b, "published", Duration::from_secs(60));
+    let kos = kos_uids(&b)[0].clone();
+    let base = format!("/wado/studies/{STUDY}");
+
+    // No list in service yet: nobody is admitted.
+    let a = get(port, t, Some("wado"), &base, Some(&kos), Some(ANY));
+    assert_eq!(a.status, 403, "{}", String::from_utf8_lossy(&a.body));
+    assert!(String::from_utf8_lossy(&a.body).contains("no verified whitelist"));
+    // A list without us: refused; one with us (another spelling of the DN): served, without
+    // a restart.
+    install_whitelist(&b, &["CN=someone else,O=X,C=FR"], "2026-12-01T00:00:00Z");
+    let a = get(port, t, Some("wado"), &base, Some(&kos), Some(ANY));
+    assert_eq!(a.status, 403);
+    assert!(String::from_utf8_lossy(&a.body).contains("not on the DRIM-M whitelist"));
+    install_whitelist(&b, &["cn = WADO Client"], "2026-12-02T00:00:00Z");
+
+    // The whole study, then as the agency's validator asks for a series.
+    let a = get(port, t, Some("wado"), &base, Some(&kos), Some(ANY));
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.headers["transfer-encoding"], "chunked");
+    let got = parts(&a);
+    assert_eq!(got.len(), sent.len());
+    let dir = tempfile::tempdir().unwrap();
+    let mut by_sop = BTreeMap::new();
+    for f in &sent {
+        by_sop.insert(uids(f).sop, f.clone());
+    }
+    let mut written: Vec<PathBuf> = Vec::new();
+    for (i, (head, bytes)) in got.iter().enumerate() {
+        assert!(
+            head.contains("Content-Type: application/dicom;transfer-syntax=1.2.840.10008.1.2.1"),
+            "{head}"
+        );
+        let f = dir.path().join(format!("part{i}.dcm"));
+        fs::write(&f, bytes).unwrap();
+        let original = &by_sop[&uids(&f).sop];
+        assert_eq!(
+            dataset_bytes(&f),
+            dataset_bytes(original),
+            "part {i} differs from what was sent"
+        );
+        written.push(f);
+    }
+    // pydicom reads every part.
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg("import sys, pydicom\nfor f in sys.argv[1:]: pydicom.dcmread(f).SOPInstanceUID")
+        .args(&written)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "pydicom: {}", text(&o));
+
+    let series = uids(&sent[0]).series;
+    let series_path = format!("{base}/series/{series}");
+    let a = get(
+        port,
+        t,
+        Some("wado"),
+        &series_path,
+        Some(&kos),
+        Some(&agency_accept()),
+    );
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let ct = &a.headers["content-type"];
+    assert!(
+        ct.starts_with("multipart/related;start=\"<")
+            && ct.contains(";transfer-syntax=1.2.840.10008.1.2.1;")
+            && ct.contains("type=\"application/dicom\""),
+        "{ct}"
+    );
+    let in_series = sent.iter().filter(|f| uids(f).series == series).count();
+    assert_eq!(parts(&a).len(), in_series);
+    let sop = uids(&sent[0]).sop;
+    let a = get(
+        port,
+        t,
+        Some("wado"),
+        &format!("{series_path}/instances/{sop}"),
+        Some(&kos),
+        Some(&agency_accept()),
+    );
+    assert_eq!(a.status, 200);
+    assert_eq!(parts(&a).len(), 1);
+
+    // Refusals, each with its reason.
+    let a = get(port, t, None, &base, Some(&kos), Some(ANY));
+    assert_eq!(a.status, 0, "served without a client certificate");
+    assert_ne!(a.curl_exit, 0);
+    let a = get(port, t, Some("other"), &base, Some(&kos), Some(ANY));
+    assert_eq!(a.status, 0, "served a certificate of another CA");
+    let cases: &[Refused] = &[
+        (&base, None, Some(ANY), 400, "KOS-SOPInstanceUID header is required"),
+        (&base, Some("1.2.3.4.5"), Some(ANY), 404, "no manifest with this KOS-SOPInstanceUID"),
+        (&base, Some(&kos), None, 400, "Accept header is required"),
+        (&base, Some(&kos), Some("multipart/related; type=\"application/dicom"), 400, "unclosed quote"),
+        (
+            &base,
+            Some(&kos),
+            Some("multipart/related; type=\"application/dicom\"; transfer-syntax=1.2.840.10008.1.2.4.50"),
+            406,
+            "stored as 1.2.840.10008.1.2.1",
+        ),
+        (&base, Some(&kos), Some("application/json"), 406, "no DICOM multipart"),
+        ("/wado/studies/1.2.3/series/4.5", Some(&kos), Some(ANY), 404, "no manifest"),
+        (&format!("{base}/series/9.9.9"), Some(&kos), Some(ANY), 404, "no such series"),
+        ("/elsewhere", Some(&kos), Some(ANY), 404, "not a WADO-RS retrieve"),
+    ];
+    for (path, k, accept, status, why) in cases {
+        let a = get(port, t, Some("wado"), path, *k, *accept);
+        let body = String::from_utf8_lossy(&a.body[..a.body.len().min(300)]);
+        assert_eq!(a.status, *status, "{path} {k:?} {accept:?}: {body}");
+        assert!(body.contains(why), "{path}: `{body}` lacks `{why}`");
+    }
+
+    // A replacement: the new manifest is served, the old one is told a newer one exists.
+    let ack = mllp_send(b.hl7_port, &oru_version("RO", "C", "id-replacement"));
+    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
+    wait_lots(&b, "published", 2);
+    let kos2 = kos_uids(&b)[1].clone();
+    assert_ne!(kos, kos2);
+    assert_eq!(
+        get(port, t, Some("wado"), &base, Some(&kos2), Some(ANY)).status,
+        200
+    );
+    let a = get(port, t, Some("wado"), &base, Some(&kos), Some(ANY));
+    assert_eq!(a.status, 404);
+    assert!(String::from_utf8_lossy(&a.body).contains("newer KOS"));
+    // Withdrawn: gone, whichever manifest the consumer holds.
+    let ack = mllp_send(b.hl7_port, &oru_version("CA", "D", "id-deletion"));
+    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
+    wait_lots(&b, "withdrawn", 3);
+    for k in [&kos, &kos2] {
+        let a = get(port, t, Some("wado"), &base, Some(k), Some(ANY));
+        assert_eq!(a.status, 410, "{}", String::from_utf8_lossy(&a.body));
+    }
+
+    // A newer list without us: access ends, without a restart.
+    install_whitelist(&b, &["CN=someone else,O=X,C=FR"], "2026-12-03T00:00:00Z");
+    assert_eq!(
+        get(port, t, Some("wado"), &base, Some(&kos2), Some(ANY)).status,
+        403
+    );
+
+    // The beat counts them by outcome (within a beat or two).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = b.http_get("/status.json");
+        let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let wado = s["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "wado")
+            .unwrap()
+            .clone();
+        let n = |k: &str| wado["counters"][k].as_u64().unwrap_or(0);
+        if n("wado_served") >= 4
+            && n("wado_refused_not_whitelisted") >= 2
+            && n("wado_refused_tls") >= 2
+        {
+            assert!(n("wado_refused_manifest_replaced") >= 1, "{wado:#}");
+            assert!(n("wado_refused_withdrawn") >= 2, "{wado:#}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{wado:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
