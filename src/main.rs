@@ -116,6 +116,11 @@ enum Cmd {
         #[command(subcommand)]
         command: WhitelistCmd,
     },
+    /// Image access by consumer DRIMboxes (WADO-RS).
+    Wado {
+        #[command(subcommand)]
+        command: WadoCmd,
+    },
     /// Time building the KOS and the signed lot of a synthetic exam (`scripts/bench-lot`).
     #[command(hide = true)]
     BenchLot {
@@ -189,6 +194,20 @@ enum WhitelistCmd {
         #[command(flatten)]
         target: Target,
         #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum WadoCmd {
+    /// The audit trail: the last WADO-RS requests, newest first (client certificate subject,
+    /// UIDs, status, outcome, instances and bytes served).
+    Accesses {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 50)]
         limit: u32,
         #[arg(long)]
         json: bool,
@@ -289,6 +308,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Whitelist {
             command: WhitelistCmd::Update { target, json },
         } => whitelist_update(&target, json),
+        Cmd::Wado {
+            command:
+                WadoCmd::Accesses {
+                    target,
+                    limit,
+                    json,
+                },
+        } => wado_accesses(&target, limit, json),
         Cmd::Whitelist {
             command:
                 WhitelistCmd::History {
@@ -781,6 +808,30 @@ fn whitelist_history(target: &Target, limit: u32, json: bool) -> Result<ExitCode
                 .as_deref()
                 .map_or(String::new(), |g| format!("list of {g}, ")),
             a.reason.as_deref().unwrap_or(""),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn wado_accesses(target: &Target, limit: u32, json: bool) -> Result<ExitCode> {
+    let accesses = match reader(target)?.call(&Request::Accesses { limit })? {
+        Response::Accesses(v) => v,
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&accesses)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for a in &accesses {
+        println!(
+            "{}  {} {:<18} {:>4} inst {:>10} B  {}  {}",
+            drimbox::status::rfc3339(a.at_ms),
+            a.status,
+            a.outcome,
+            a.instances,
+            a.bytes,
+            a.path,
+            a.client
         );
     }
     Ok(ExitCode::SUCCESS)

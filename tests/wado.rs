@@ -324,6 +324,33 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
         403
     );
 
+    // Every request that reached HTTP is in the audit trail, with who and what.
+    // (Recorded just after each answer: the last one may take a moment.) Five retrieves and
+    // refusals before the cases, the cases, four after the replacement, the last refusal;
+    // the two TLS refusals never reached HTTP.
+    let expected = 5 + cases.len() + 4 + 1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let out = run_ok(
+            Command::new(bin())
+                .args(["wado", "accesses", "--json", "--limit", "100", "--config"])
+                .arg(&b.config_path),
+        );
+        let log: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        if log.len() >= expected || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(log.len(), expected, "{log:#?}");
+    let served = log.iter().find(|a| a["outcome"] == "served").unwrap();
+    assert_eq!(served["client"], "CN=wado client");
+    assert_eq!(served["study_uid"], STUDY);
+    assert!(served["bytes"].as_u64().unwrap() > 0);
+    assert!(log
+        .iter()
+        .any(|a| a["status"] == 410 && a["outcome"] == "withdrawn"));
+
     // The beat counts them by outcome (within a beat or two).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -343,6 +370,14 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
         {
             assert!(n("wado_refused_manifest_replaced") >= 1, "{wado:#}");
             assert!(n("wado_refused_withdrawn") >= 2, "{wado:#}");
+            let summary = s["wado"]["summary"].as_str().unwrap();
+            assert!(summary.contains(" served, "), "{s:#}");
+            assert!(
+                s["wado"]["details"]
+                    .to_string()
+                    .contains("refused, withdrawn: 2"),
+                "{s:#}"
+            );
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{wado:#}");

@@ -312,11 +312,12 @@ pub fn render_metrics(s: &Snapshot) -> String {
     o.family(
         "drimbox_section_configured",
         "gauge",
-        "1 when the section (dmp, whitelist, ota) is configured.",
+        "1 when the section (dmp, whitelist, wado, ota) is configured.",
     );
     for (name, sec) in [
         ("dmp", &s.dmp),
         ("whitelist", &s.whitelist),
+        ("wado", &s.wado),
         ("ota", &s.ota),
     ] {
         o.int(&[("section", name)], bool01(sec.configured));

@@ -139,6 +139,7 @@ pub fn collect(config: &Config) -> Snapshot {
         now / 1000,
     );
     snapshot.whitelist = section;
+    snapshot.wado = wado_section(config.wado.is_some(), &snapshot.services);
     if !reasons.is_empty() && snapshot.verdict == Verdict::Ok {
         snapshot.verdict = Verdict::Degraded;
     }
@@ -287,6 +288,41 @@ pub fn whitelist_section(
     )
 }
 
+/// The image access section, purely, from the WADO-RS service's beat (`wado_served`,
+/// `wado_refused_<reason>`, `wado_interrupted`).
+pub fn wado_section(configured: bool, services: &[model::ServiceStatus]) -> Section {
+    if !configured {
+        return Section {
+            configured: false,
+            summary: "not configured: no [wado] section, images are not served".into(),
+            details: Vec::new(),
+        };
+    }
+    let counters = services
+        .iter()
+        .find(|s| s.name == "wado")
+        .map(|s| s.counters.clone())
+        .unwrap_or_default();
+    let served = counters.get("wado_served").copied().unwrap_or(0);
+    let refused: Vec<(String, u64)> = counters
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("wado_refused_")?.replace('_', " "), *v)))
+        .collect();
+    let total: u64 = refused.iter().map(|(_, n)| n).sum();
+    let mut details: Vec<String> = refused
+        .iter()
+        .map(|(why, n)| format!("refused, {why}: {n}"))
+        .collect();
+    if let Some(n) = counters.get("wado_interrupted") {
+        details.push(format!("streams interrupted: {n}"));
+    }
+    Section {
+        configured: true,
+        summary: format!("{served} request(s) served, {total} refused since the service started"),
+        details,
+    }
+}
+
 /// What the publisher's last probe of the DMP said (a TLS handshake with the practice's
 /// certificate, or a real exchange).
 #[derive(Debug, Clone, PartialEq)]
@@ -400,6 +436,7 @@ pub fn build(
         dmp: Section::not_configured(),
         dmp_exchanges: Vec::new(),
         whitelist: Section::not_configured(),
+        wado: Section::not_configured(),
         ota: Section::not_configured(),
     }
 }

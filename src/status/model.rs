@@ -36,6 +36,9 @@ pub struct Snapshot {
     #[serde(default)]
     pub dmp_exchanges: Vec<ExchangeLine>,
     pub whitelist: Section,
+    /// Image access by consumer DRIMboxes: served and refused requests by reason.
+    #[serde(default = "Section::not_configured")]
+    pub wado: Section,
     pub ota: Section,
 }
 

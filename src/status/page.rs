@@ -257,6 +257,7 @@ pub fn render_html(s: &Snapshot) -> String {
     h.push_str("<div class=\"grid sections\">\n");
     render_section(&mut h, "dmp", "DMP publications", &s.dmp);
     render_section(&mut h, "whitelist", "Whitelist", &s.whitelist);
+    render_section(&mut h, "wado", "Image access (WADO-RS)", &s.wado);
     render_section(&mut h, "ota", "OTA updates", &s.ota);
     h.push_str("</div>\n");
     render_exchanges(&mut h, &s.dmp_exchanges);
@@ -649,6 +650,7 @@ pub(crate) mod fixtures {
             dmp: Section::not_configured(),
             dmp_exchanges: Vec::new(),
             whitelist: Section::not_configured(),
+            wado: Section::not_configured(),
             ota: Section::not_configured(),
         }
     }

@@ -129,12 +129,13 @@ fn entries(config: &Config, ids: &Identities) -> Vec<(PathBuf, u32, u32, u32, Ki
         ),
         (d.join("lots"), archive.uid, archive.gid, 0o750, Kind::Dir),
         // The whitelist in service, its proofs and the CRL cache: the updater's; readable by
-        // the box group (the WADO-RS server checks clients against the list).
+        // the box group (the WADO-RS server checks clients against the list). Setgid, so
+        // every file the updater writes (0640 under UMask=0027) is the box group's.
         (
             d.join("whitelist"),
             whitelist.uid,
             ids.box_gid,
-            0o750,
+            0o2750,
             Kind::Dir,
         ),
     ]
