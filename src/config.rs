@@ -46,6 +46,21 @@ pub struct WadoConfig {
     pub base_path: String,
     pub timeout: Duration,
     pub max_connections: usize,
+    /// Where Bearer tokens are checked; None: they are not (the status page says so).
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+/// RFC 7662 token introspection (Pro Santé Connect in production).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntrospectionConfig {
+    pub url: String,
+    /// CA certificates (PEM) of the introspection endpoint.
+    pub trust_anchors: PathBuf,
+    pub client_id: String,
+    /// First line: the client secret (kept out of this file).
+    pub client_secret_file: PathBuf,
+    /// How long an answer is reused (never past the token's `exp`).
+    pub cache: Duration,
 }
 
 /// Whom the whitelist must be signed by (DRIM-M §5.3). Absent keys: the IGC-Santé TEST root
@@ -646,7 +661,17 @@ impl Config {
                 ("wado.certificate", &wado.certificate),
                 ("wado.private_key", &wado.private_key),
                 ("wado.client_ca", &wado.client_ca),
-            ] {
+            ]
+            .into_iter()
+            .chain(wado.introspection.iter().flat_map(|i| {
+                [
+                    ("wado.introspection.trust_anchors", &i.trust_anchors),
+                    (
+                        "wado.introspection.client_secret_file",
+                        &i.client_secret_file,
+                    ),
+                ]
+            })) {
                 if let Err(e) = std::fs::File::open(file) {
                     problems.push(Problem {
                         key: key.into(),
@@ -939,6 +964,63 @@ impl Reader {
         let max_connections = self
             .opt_int(&mut t, k, "max_connections", 1, 1024)
             .unwrap_or(Some(32));
+        let introspection = match t.remove("introspection") {
+            None => Some(None),
+            Some(v) => {
+                let k = "wado.introspection";
+                let mut i = self.expect_table(v, k);
+                let url = match self.opt_str(&mut i, k, "url").flatten() {
+                    Some(u) if u.starts_with("https://") => Some(u),
+                    Some(u) => {
+                        self.problem(
+                            "wado.introspection.url",
+                            format!("`{u}` must be an https URL"),
+                        );
+                        None
+                    }
+                    None => {
+                        self.problem("wado.introspection.url", "is required");
+                        None
+                    }
+                };
+                let trust_anchors = self.req_path(&mut i, k, "trust_anchors");
+                let client_id = match self.opt_str(&mut i, k, "client_id").flatten() {
+                    Some(c) if !c.is_empty() && !c.contains(':') => Some(c),
+                    Some(c) => {
+                        self.problem(
+                            "wado.introspection.client_id",
+                            format!("`{c}` must be non-empty and without `:`"),
+                        );
+                        None
+                    }
+                    None => {
+                        self.problem("wado.introspection.client_id", "is required");
+                        None
+                    }
+                };
+                let secret = self.req_path(&mut i, k, "client_secret_file");
+                let cache = self
+                    .opt_int(&mut i, k, "cache_seconds", 0, 3600)
+                    .unwrap_or(Some(60));
+                self.finish(i, k);
+                match (url, trust_anchors, client_id, secret, cache) {
+                    (
+                        Some(url),
+                        Some(trust_anchors),
+                        Some(client_id),
+                        Some(client_secret_file),
+                        Some(c),
+                    ) => Some(Some(IntrospectionConfig {
+                        url,
+                        trust_anchors,
+                        client_id,
+                        client_secret_file,
+                        cache: Duration::from_secs(c as u64),
+                    })),
+                    _ => None,
+                }
+            }
+        };
         self.finish(t, k);
         Some(WadoConfig {
             listen: listen?,
@@ -949,6 +1031,7 @@ impl Reader {
             base_path: base_path?,
             timeout: Duration::from_secs(timeout? as u64),
             max_connections: max_connections? as usize,
+            introspection: introspection?,
         })
     }
 

@@ -15,6 +15,27 @@ use std::time::Duration;
 use common::dmp::*;
 use common::*;
 
+/// A process killed (and reaped) when the test ends.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "port {port} never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The agency validator's Accept header (shared/ref/wado-rs/request_series.txt).
 fn agency_accept() -> String {
     let req = fs::read_to_string(shared().join("ref/wado-rs/request_series.txt")).unwrap();
@@ -69,6 +90,19 @@ fn get(
     kos: Option<&str>,
     accept: Option<&str>,
 ) -> Answer {
+    get_with(port, tls, cert, path, kos, accept, "good")
+}
+
+/// [`get`] with another Bearer token.
+fn get_with(
+    port: u16,
+    tls: &Path,
+    cert: Option<&str>,
+    path: &str,
+    kos: Option<&str>,
+    accept: Option<&str>,
+    token: &str,
+) -> Answer {
     let out = tempfile::tempdir().unwrap();
     let (h, body) = (out.path().join("h"), out.path().join("b"));
     let mut c = Command::new("curl");
@@ -95,7 +129,7 @@ fn get(
             accept.map_or(String::new(), |a| format!(" {a}"))
         ),
     ]);
-    c.args(["-H", "Authorization: Bearer test-token"]);
+    c.args(["-H", &format!("Authorization: Bearer {token}")]);
     c.arg(format!("https://127.0.0.1:{port}{path}"));
     let o = c.output().unwrap();
     let head = fs::read_to_string(&h).unwrap_or_default();
@@ -168,15 +202,51 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     let sim = Simulator::start(pki.path(), &[]);
     let port = free_port();
     let p = |n: &str| format!("{:?}", t.join(n).display().to_string());
+    // The token introspection endpoint (standing in for Pro Santé Connect).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    fs::write(
+        t.join("tokens.json"),
+        format!(
+            "{{\"good\": {{\"active\": true, \"exp\": {}}}, \"revoked\": {{\"active\": false}}, \"old\": {{\"active\": true, \"exp\": {}}}}}",
+            now + 3600,
+            now - 10
+        ),
+    )
+    .unwrap();
+    fs::write(t.join("client-secret"), "s3cret\n").unwrap();
+    let introspect_port = free_port();
+    let _introspection = Server(
+        Command::new("/usr/bin/python3")
+            .arg(repo().join("tests/peers/introspect.py"))
+            .args(["--port", &introspect_port.to_string()])
+            .arg("--cert")
+            .arg(t.join("wado-server.pem"))
+            .arg("--key")
+            .arg(t.join("wado-server.key"))
+            .args(["--client", "drimbox-test:s3cret", "--tokens"])
+            .arg(t.join("tokens.json"))
+            .arg("--log")
+            .arg(t.join("introspection.log"))
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(introspect_port);
     let (b, _images, sent) = publish_one_in(
         pki.path(),
         &sim,
         Settings {
             extra_config: format!(
-                "\n[wado]\nlisten = \"127.0.0.1\"\nport = {port}\ncertificate = {}\nprivate_key = {}\nclient_ca = {}\n",
+                "\n[wado]\nlisten = \"127.0.0.1\"\nport = {port}\ncertificate = {}\nprivate_key = {}\nclient_ca = {}\n\
+                 [wado.introspection]\nurl = \"https://127.0.0.1:{introspect_port}/introspect\"\n\
+                 trust_anchors = {}\nclient_id = \"drimbox-test\"\nclient_secret_file = {}\ncache_seconds = 300\n",
                 p("wado-server.pem"),
                 p("wado-server.key"),
-                p("wado-ca.pem")
+                p("wado-ca.pem"),
+                p("wado-ca.pem"),
+                p("client-secret"),
             ),
             ..Settings::default()
         },
@@ -295,6 +365,21 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
         assert!(body.contains(why), "{path}: `{body}` lacks `{why}`");
     }
 
+    // Tokens: missing, inactive or expired → 401; the good one was asked about once (cached).
+    for (token, why) in [
+        ("", "not `Bearer <token>`"),
+        ("revoked", "not active"),
+        ("old", "expired"),
+    ] {
+        let a = get_with(port, t, Some("wado"), &base, Some(&kos), Some(ANY), token);
+        let body = String::from_utf8_lossy(&a.body);
+        assert_eq!(a.status, 401, "{token}: {body}");
+        assert!(body.contains(why), "{token}: {body}");
+        assert!(a.headers["www-authenticate"].starts_with("Bearer"));
+    }
+    let asked = fs::read_to_string(t.join("introspection.log")).unwrap();
+    assert_eq!(asked.lines().filter(|l| *l == "good").count(), 1, "{asked}");
+
     // A replacement: the new manifest is served, the old one is told a newer one exists.
     let ack = mllp_send(b.hl7_port, &oru_version("RO", "C", "id-replacement"));
     assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
@@ -328,7 +413,7 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     // (Recorded just after each answer: the last one may take a moment.) Five retrieves and
     // refusals before the cases, the cases, four after the replacement, the last refusal;
     // the two TLS refusals never reached HTTP.
-    let expected = 5 + cases.len() + 4 + 1;
+    let expected = 5 + cases.len() + 3 + 4 + 1;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let log = loop {
         let out = run_ok(

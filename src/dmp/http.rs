@@ -242,9 +242,21 @@ pub fn post(
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
 ) -> Result<Message, HttpError> {
+    post_with_headers(url, content_type, body, &[], tls, timeout)
+}
+
+/// [`post`] with extra request headers (e.g. `Authorization`).
+pub fn post_with_headers(
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Message, HttpError> {
     let (mut stream, host, path) = connect(url, tls, timeout)?;
     stream
-        .write_all(&request_bytes(&host, &path, content_type, body, &[]))
+        .write_all(&request_bytes(&host, &path, content_type, body, headers))
         .map_err(tls_or_io)?;
     stream.flush().map_err(tls_or_io)?;
     let mut reader = BufReader::new(stream);

@@ -139,7 +139,7 @@ pub fn collect(config: &Config) -> Snapshot {
         now / 1000,
     );
     snapshot.whitelist = section;
-    snapshot.wado = wado_section(config.wado.is_some(), &snapshot.services);
+    snapshot.wado = wado_section(config.wado.as_ref(), &snapshot.services);
     if !reasons.is_empty() && snapshot.verdict == Verdict::Ok {
         snapshot.verdict = Verdict::Degraded;
     }
@@ -290,14 +290,17 @@ pub fn whitelist_section(
 
 /// The image access section, purely, from the WADO-RS service's beat (`wado_served`,
 /// `wado_refused_<reason>`, `wado_interrupted`).
-pub fn wado_section(configured: bool, services: &[model::ServiceStatus]) -> Section {
-    if !configured {
+pub fn wado_section(
+    config: Option<&crate::config::WadoConfig>,
+    services: &[model::ServiceStatus],
+) -> Section {
+    let Some(config) = config else {
         return Section {
             configured: false,
             summary: "not configured: no [wado] section, images are not served".into(),
             details: Vec::new(),
         };
-    }
+    };
     let counters = services
         .iter()
         .find(|s| s.name == "wado")
@@ -316,6 +319,10 @@ pub fn wado_section(configured: bool, services: &[model::ServiceStatus]) -> Sect
     if let Some(n) = counters.get("wado_interrupted") {
         details.push(format!("streams interrupted: {n}"));
     }
+    details.push(match &config.introspection {
+        Some(i) => format!("Bearer tokens checked by introspection at {}", i.url),
+        None => "Bearer tokens are NOT checked: no [wado.introspection]".into(),
+    });
     Section {
         configured: true,
         summary: format!("{served} request(s) served, {total} refused since the service started"),

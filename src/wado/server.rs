@@ -25,6 +25,8 @@ use crate::ipc::{self, Request, Role};
 pub enum WadoError {
     #[error("wado TLS: {0}")]
     Tls(String),
+    #[error("wado: {0}")]
+    Config(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -74,6 +76,7 @@ impl Whitelist {
 
 struct Shared {
     config: WadoConfig,
+    introspector: Option<super::token::Introspector>,
     run_dir: PathBuf,
     whitelist: Mutex<Whitelist>,
     counters: Mutex<BTreeMap<String, u64>>,
@@ -111,6 +114,7 @@ fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -132,10 +136,10 @@ fn write_refusal(w: &mut impl Write, r: &Refusal, close: bool) -> io::Result<()>
         r.status,
         status_text(r.status),
         body.len(),
-        if r.status == 405 {
-            "Allow: GET\r\n"
-        } else {
-            ""
+        match r.status {
+            405 => "Allow: GET\r\n",
+            401 => "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n",
+            _ => "",
         },
         if close { "Connection: close\r\n" } else { "" },
     )?;
@@ -218,6 +222,28 @@ fn answer<S: Read + Write>(
             return Ok((refuse(stream, r)?, None));
         }
         Err(why) => return Ok((refuse(stream, refusal(403, "no_whitelist", why))?, None)),
+    }
+    if let Some(i) = &shared.introspector {
+        use super::token::{bearer, Verdict};
+        let verdict = match bearer(m.header("authorization")) {
+            Err(why) => Verdict::Refused(why),
+            Ok(token) => i.check(token),
+        };
+        match verdict {
+            Verdict::Active => {}
+            Verdict::Refused(why) => {
+                return Ok((refuse(stream, refusal(401, "token", why))?, None));
+            }
+            Verdict::Unavailable(why) => {
+                log::warn!("token introspection: {why}");
+                let r = refusal(
+                    503,
+                    "unavailable",
+                    "the Bearer token cannot be checked now; try again",
+                );
+                return Ok((refuse(stream, r)?, None));
+            }
+        }
     }
     let Some((study, series, sop)) = route(&shared.config.base_path, target) else {
         let r = refusal(
@@ -533,8 +559,16 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), WadoError> {
     let listener = crate::supervisor::sandbox::tcp_listener(addr, "wado")
         .map_err(|source| WadoError::Bind { addr, source })?;
     let files = crate::whitelist::updater::Files::new(&config.storage.data_dir);
+    let introspector = match &w.introspection {
+        Some(i) => Some(super::token::Introspector::load(i).map_err(WadoError::Config)?),
+        None => {
+            log::warn!("wado: Bearer tokens are not checked (no [wado.introspection])");
+            None
+        }
+    };
     let shared = Arc::new(Shared {
         config: w.clone(),
+        introspector,
         run_dir: config.storage.run_dir.clone(),
         whitelist: Mutex::new(Whitelist {
             path: files.current(),
