@@ -41,9 +41,13 @@ enum Cmd {
         /// Port of the DMP simulator the demo starts and publishes to.
         #[arg(long, default_value_t = 8443)]
         dmp_port: u16,
-        /// Do not start the DMP simulator (lots are then built and kept, not sent).
+        /// Do not start the DMP simulator (lots are then built and kept, not sent; nothing is
+        /// then retrievable over WADO-RS either).
         #[arg(long)]
         no_dmp: bool,
+        /// Port of the WADO-RS server (HTTPS, the demo's client certificate on its whitelist).
+        #[arg(long, default_value_t = 8444)]
+        wado_port: u16,
     },
     /// Configuration tools.
     Config {
@@ -282,13 +286,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hl7_port,
             dmp_port,
             no_dmp,
+            wado_port,
         } => demo(
             &dir,
             dicom_port,
             &ae_title,
             status_port,
             hl7_port,
-            (!no_dmp).then_some(dmp_port),
+            (!no_dmp).then_some((dmp_port, wado_port)),
         ),
         Cmd::Service { name, config } => service(&name, &config),
         Cmd::Status { target, json } => status(&target, json),
@@ -401,10 +406,34 @@ fn supervise(config_path: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The client certificate of the demo's consumer DRIMbox (openssl `-subj` form) and the same
+/// DN as the whitelist writes it.
+const DEMO_CONSUMER_SUBJECT: &str =
+    "/C=FR/O=CABINET VOISIN DEMO/OU=499700367909007/CN=drimbox-demo-consumer";
+const DEMO_CONSUMER_DN: &str =
+    "CN=drimbox-demo-consumer,OU=499700367909007,O=CABINET VOISIN DEMO,C=FR";
+
+/// The demo's whitelist, listing its consumer: written where the updater installs the list in
+/// service. Not signed (the demo has no agency signer) and never downloaded (no [whitelist] url).
+fn demo_whitelist(data_dir: &Path) -> Result<()> {
+    let dir = data_dir.join("whitelist");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListeBlancheDRIM-M xmlns=\"https://github.com/ansforge/DRIM-M_DATA\" versionFormat=\"1.0.0\">\n\
+         <!-- The drimbox demo's whitelist: not signed, not from the agency. -->\n\
+         <DateDeGeneration>{}</DateDeGeneration>\n<ListeDomaines><Domaine><Identifiant>9999</Identifiant>\
+         <db>127.0.0.1</db><vi>127.0.0.1</vi><Denomination>DEMO</Denomination>\
+         <DNCertificatOperateur>{DEMO_CONSUMER_DN}</DNCertificatOperateur></Domaine></ListeDomaines>\n</ListeBlancheDRIM-M>\n",
+        drimbox::status::rfc3339(drimbox::archive::now_ms())
+    );
+    drimbox::archive::store::write_atomically(&dir.join("liste-blanche.xml"), xml.as_bytes())
+        .with_context(|| format!("writing the demo whitelist in {}", dir.display()))
+}
+
 /// The demo's test PKI, minted once with openssl: a CA, the simulator's server certificate and
 /// the practice's certificate (signing and authentication) in a PKCS#12.
 fn demo_pki(pki: &Path) -> Result<()> {
-    if pki.join("practice.p12").is_file() {
+    if pki.join("practice.p12").is_file() && pki.join("wado-client.pem").is_file() {
         return Ok(());
     }
     std::fs::create_dir_all(pki).with_context(|| format!("creating {}", pki.display()))?;
@@ -449,6 +478,8 @@ fn demo_pki(pki: &Path) -> Result<()> {
             "/C=FR/O=CABINET DEMO/OU=499700367909006/CN=DRIMbox",
             "keyUsage=critical,digitalSignature,nonRepudiation,keyEncipherment\nextendedKeyUsage=clientAuth\n",
         ),
+        ("wado-server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        ("wado-client", DEMO_CONSUMER_SUBJECT, "extendedKeyUsage=clientAuth\n"),
     ] {
         std::fs::write(pki.join(format!("{who}.ext")), ext)?;
         openssl(&[
@@ -483,8 +514,9 @@ fn demo(
     ae_title: &str,
     status_port: u16,
     hl7_port: u16,
-    dmp_port: Option<u16>,
+    dmp_and_wado: Option<(u16, u16)>,
 ) -> Result<ExitCode> {
+    let dmp_port = dmp_and_wado.map(|(d, _)| d);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
@@ -493,12 +525,22 @@ fn demo(
     let mut text = Config::demo_text(&dir, dicom_port, ae_title, status_port, hl7_port);
     let pki = dir.join("pki");
     let mut simulator = None;
-    if let Some(port) = dmp_port {
+    if let Some((port, wado_port)) = dmp_and_wado {
         demo_pki(&pki)?;
+        demo_whitelist(&dir.join("data"))?;
         let p = |n: &str| format!("{:?}", pki.join(n).display().to_string());
         text += &format!(
+            "\n# The demo's WADO-RS: HTTPS with the demo CA's certificates (pki/); its whitelist\n\
+             # (data/whitelist/liste-blanche.xml, written by the demo) lists pki/wado-client.pem.\n\
+             # Bearer tokens are not checked (no [wado.introspection] in the demo).\n\
+             [wado]\nlisten = \"127.0.0.1\"\nport = {wado_port}\ncertificate = {}\nprivate_key = {}\nclient_ca = {}\n",
+            p("wado-server.pem"),
+            p("wado-server.key"),
+            p("ca.pem"),
+        );
+        text += &format!(
             "\n# The demo's DMP: `drimbox dmp-sim` on 127.0.0.1:{port}, with the test PKI in pki/.\n\
-             [publication]\nwado_base_url = \"https://127.0.0.1/wado\"\nuid_root = \"1.2.250.1.999.1\"\n\
+             [publication]\nwado_base_url = \"https://127.0.0.1:{wado_port}/wado\"\nuid_root = \"1.2.250.1.999.1\"\n\
              institution_name = \"Cabinet de radiologie (demo)\"\n\
              content_type = {{ code = \"07\", scheme = \"1.2.250.1.213.2.2\", display = \"Consultation externe\" }}\n\
              [publication.signing]\npkcs12 = {}\npassword_file = {}\n\
@@ -558,6 +600,21 @@ fn demo(
             "  DMP simulator : https://127.0.0.1:{port}/ (client certificates, test PKI in {}); registry in {}",
             pki.display(),
             dir.join("dmp-registry.json").display()
+        );
+    }
+    if let Some((_, wado_port)) = dmp_and_wado {
+        let p = |n: &str| pki.join(n).display().to_string();
+        println!(
+            "  WADO-RS       : https://127.0.0.1:{wado_port}/wado/studies/<StudyInstanceUID>  as a consumer:\n\
+             \x20                 curl --cacert {} --cert {} --key {} \\\n\
+             \x20                   -H 'KOS-SOPInstanceUID: <the KOS UID, drimbox exam <study> --dir {}>' \\\n\
+             \x20                   -H 'Accept: multipart/related; type=\"application/dicom\"; transfer-syntax=*' URL\n\
+             \x20                 (demo whitelist: {}; Bearer tokens not checked)",
+            p("ca.pem"),
+            p("wado-client.pem"),
+            p("wado-client.key"),
+            dir.display(),
+            DEMO_CONSUMER_DN
         );
     }
     println!("  stop with Ctrl-C");

@@ -438,6 +438,7 @@ fn iocm_rejections_replace_then_withdraw_the_kos() {
 fn the_demo_publishes_to_its_own_simulator() {
     let dir = tempfile::tempdir().unwrap();
     let (dicom, status, hl7, dmp) = (free_port(), free_port(), free_port(), free_port());
+    let wado = free_port();
     let mut child = Command::new(bin())
         .args(["demo", "--dir"])
         .arg(dir.path())
@@ -445,6 +446,7 @@ fn the_demo_publishes_to_its_own_simulator() {
         .args(["--status-port", &status.to_string()])
         .args(["--hl7-port", &hl7.to_string()])
         .args(["--dmp-port", &dmp.to_string()])
+        .args(["--wado-port", &wado.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -509,11 +511,49 @@ fn the_demo_publishes_to_its_own_simulator() {
     let (code, page) = http_get(status, "/");
     assert_eq!(code, 200);
     assert!(page.contains("1 published"), "{page}");
+    // A consumer with the demo's client certificate (on the demo's whitelist) retrieves it.
+    let out = run_ok(
+        Command::new(bin())
+            .args(["exam", STUDY, "--json", "--dir"])
+            .arg(dir.path()),
+    );
+    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let kos = h["lots"][0]["kos_sop_uid"].as_str().unwrap().to_string();
+    let pki = dir.path().join("pki");
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{content_type}",
+            "--cacert",
+        ])
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join("wado-client.pem"))
+        .arg("--key")
+        .arg(pki.join("wado-client.key"))
+        .args(["-H", &format!("KOS-SOPInstanceUID: {kos}")])
+        .args([
+            "-H",
+            "Accept: multipart/related; type=\"application/dicom\"; transfer-syntax=*",
+        ])
+        .arg(format!("https://127.0.0.1:{wado}/wado/studies/{STUDY}"))
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        answer.starts_with("200 multipart/related"),
+        "{answer} {}",
+        text(&o)
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
     let mut banner = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut banner).unwrap();
     assert!(banner.contains("DMP simulator"), "{banner}");
+    assert!(banner.contains("WADO-RS"), "{banner}");
     // The simulator went with it.
     std::thread::sleep(Duration::from_millis(300));
     assert!(std::net::TcpStream::connect(("127.0.0.1", dmp)).is_err());
