@@ -200,6 +200,31 @@ fn services_run_as_their_own_users_and_the_separation_is_real() {
         text(&o)
     );
 
+    // The WADO-RS server serves only the files the archive opens for it (passed descriptors):
+    // it can neither open the store nor the index itself, nor ask the receiver's questions.
+    let wado = b.service_pid("wado").unwrap();
+    let o = as_process(wado, &["ls", studies.to_str().unwrap()]);
+    assert!(!o.status.success(), "the WADO-RS server listed the store");
+    let o = as_process(wado, &["cat", redb.to_str().unwrap()]);
+    assert!(!o.status.success(), "the WADO-RS server read the database");
+    let wado_sock = b.dir.path().join("run/archive-wado.sock");
+    let connect_wado = format!(
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?})",
+        wado_sock.to_str().unwrap()
+    );
+    let o = as_process(wado, &["/usr/bin/python3", "-c", &connect_wado]);
+    assert!(
+        o.status.success(),
+        "the WADO-RS server cannot reach its socket: {}",
+        text(&o)
+    );
+    let o = as_process(receiver, &["/usr/bin/python3", "-c", &connect_wado]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("PermissionError"),
+        "the receiver connected to the WADO-RS socket: {}",
+        text(&o)
+    );
+
     // The publisher gets one exam's material from the archive and nothing else: it can read
     // neither the index nor the store. Its socket (where report messages travel) is its own.
     let publisher = b.service_pid("publisher").unwrap();
