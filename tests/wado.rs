@@ -234,11 +234,10 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
             .unwrap(),
     );
     wait_port(introspect_port);
-    let (b, _images, sent) = publish_one_in(
-        pki.path(),
-        &sim,
-        Settings {
-            extra_config: format!(
+    let b = DrimBox::start(Settings {
+        stable_after_seconds: 1,
+        extra_config: config(pki.path(), sim.port)
+            + &format!(
                 "\n[wado]\nlisten = \"127.0.0.1\"\nport = {port}\ncertificate = {}\nprivate_key = {}\nclient_ca = {}\n\
                  [wado.introspection]\nurl = \"https://127.0.0.1:{introspect_port}/introspect\"\n\
                  trust_anchors = {}\nclient_id = \"drimbox-test\"\nclient_secret_file = {}\ncache_seconds = 300\n",
@@ -248,10 +247,47 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
                 p("wado-ca.pem"),
                 p("client-secret"),
             ),
-            ..Settings::default()
-        },
+        ..Settings::default()
+    });
+    // The agency's exam: six images stored as Explicit VR LE, two more as Implicit VR LE (a
+    // series of their own), then its report.
+    let (_images, mut sent) = send_study(&b, STUDY, "dmp");
+    let implicit = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("python3")
+            .arg(shared().join("bench/gen_study.py"))
+            .arg("--out")
+            .arg(implicit.path())
+            .args([
+                "--count", "2", "--rows", "32", "--cols", "32", "--ts", "implicit",
+            ])
+            .args([
+                "--seed",
+                "wado-implicit",
+                "--patient-id",
+                INS,
+                "--accession",
+                "ACN112",
+            ]),
     );
+    let implicit_files = files_in(implicit.path());
+    run_ok(
+        Command::new("dcmodify")
+            .args(["-nb", "-m"])
+            .arg(format!("(0020,000d)={STUDY}"))
+            .args(&implicit_files),
+    );
+    // -xi: propose Implicit VR only, so the box stores them so (DCMTK converts otherwise).
+    let o = storescu_files(b.port, &["-xi"], &implicit_files);
+    assert!(o.status.success(), "{}", text(&o));
+    sent.extend(implicit_files.iter().cloned());
+    let ack = mllp_send(
+        b.hl7_port,
+        &fs::read(shared().join("ref/hl7/ORU_R01_K.hl7")).unwrap(),
+    );
+    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
     wait_state(&b, "published", Duration::from_secs(60));
+    let implicit_sops: Vec<String> = implicit_files.iter().map(|f| uids(f).sop).collect();
     let kos = kos_uids(&b)[0].clone();
     let base = format!("/wado/studies/{STUDY}");
 
@@ -279,14 +315,24 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
         by_sop.insert(uids(f).sop, f.clone());
     }
     let mut written: Vec<PathBuf> = Vec::new();
+    // Two syntaxes among the parts: none named at the top.
+    assert!(!a.headers["content-type"].contains("transfer-syntax"));
     for (i, (head, bytes)) in got.iter().enumerate() {
-        assert!(
-            head.contains("Content-Type: application/dicom;transfer-syntax=1.2.840.10008.1.2.1"),
-            "{head}"
-        );
         let f = dir.path().join(format!("part{i}.dcm"));
         fs::write(&f, bytes).unwrap();
-        let original = &by_sop[&uids(&f).sop];
+        let sop = uids(&f).sop;
+        let stored_as = if implicit_sops.contains(&sop) {
+            "1.2.840.10008.1.2\r\n"
+        } else {
+            "1.2.840.10008.1.2.1\r\n"
+        };
+        assert!(
+            head.contains(&format!(
+                "Content-Type: application/dicom;transfer-syntax={stored_as}"
+            )),
+            "{head}"
+        );
+        let original = &by_sop[&sop];
         assert_eq!(
             dataset_bytes(&f),
             dataset_bytes(original),
@@ -334,6 +380,52 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     );
     assert_eq!(a.status, 200);
     assert_eq!(parts(&a).len(), 1);
+
+    // The Implicit VR series, asked for as the validator does (no Implicit VR among its
+    // syntaxes): converted to Explicit VR LE, the same data set by pydicom's comparison.
+    let implicit_series = uids(&implicit_files[0]).series;
+    let a = get(
+        port,
+        t,
+        Some("wado"),
+        &format!("{base}/series/{implicit_series}"),
+        Some(&kos),
+        Some(&agency_accept()),
+    );
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert!(a.headers["content-type"].contains(";transfer-syntax=1.2.840.10008.1.2.1;"));
+    let converted = parts(&a);
+    assert_eq!(converted.len(), 2);
+    let mut pairs = Vec::new();
+    for (i, (head, bytes)) in converted.iter().enumerate() {
+        assert!(
+            head.contains("transfer-syntax=1.2.840.10008.1.2.1\r\n"),
+            "{head}"
+        );
+        let f = dir.path().join(format!("converted{i}.dcm"));
+        fs::write(&f, bytes).unwrap();
+        pairs.push(by_sop[&uids(&f).sop].clone());
+        pairs.push(f);
+    }
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, pydicom\n\
+             a = sys.argv[1:]\n\
+             for orig, part in zip(a[::2], a[1::2]):\n\
+             \x20   o, p = pydicom.dcmread(orig), pydicom.dcmread(part)\n\
+             \x20   assert o.file_meta.TransferSyntaxUID == '1.2.840.10008.1.2', orig\n\
+             \x20   assert p.file_meta.TransferSyntaxUID == '1.2.840.10008.1.2.1', part\n\
+             \x20   assert not p.is_implicit_VR if hasattr(p, 'is_implicit_VR') else True\n\
+             \x20   assert o == p, (orig, part)\n\
+             \x20   assert o.PixelData == p.PixelData\n",
+        )
+        .args(&pairs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "pydicom: {}", text(&o));
+    let dump = run_ok(Command::new("dcmdump").arg(&pairs[1]));
+    assert!(dump.contains("LittleEndianExplicit"), "{dump}");
 
     // Refusals, each with its reason.
     let a = get(port, t, None, &base, Some(&kos), Some(ANY));
@@ -410,10 +502,10 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     );
 
     // Every request that reached HTTP is in the audit trail, with who and what.
-    // (Recorded just after each answer: the last one may take a moment.) Five retrieves and
+    // (Recorded just after each answer: the last one may take a moment.) Six retrieves and
     // refusals before the cases, the cases, four after the replacement, the last refusal;
     // the two TLS refusals never reached HTTP.
-    let expected = 5 + cases.len() + 3 + 4 + 1;
+    let expected = 6 + cases.len() + 3 + 4 + 1;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let log = loop {
         let out = run_ok(

@@ -10,3 +10,4 @@ pub mod dn;
 pub mod multipart;
 pub mod server;
 pub mod token;
+pub mod transcode;

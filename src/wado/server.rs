@@ -352,18 +352,26 @@ fn answer<S: Read + Write>(
     if let Some(r) = decided {
         return Ok((refuse(stream, r)?, uids));
     }
-    // Every instance must go in an acceptable syntax, or none goes (decided before any byte).
+    // Every instance must go in an acceptable syntax, or none goes (decided before any byte;
+    // an instance too large to convert ends the stream unfinished).
     let mut chosen: Vec<(String, String)> = Vec::new();
     for ts in &first.transfer_syntaxes {
-        match accept::choose(&accepted, &[ts.as_str()]) {
+        let offer = super::transcode::producible(ts, 0);
+        match accept::choose(&accepted, &offer) {
             Some(t) => chosen.push((ts.clone(), t.to_string())),
             None => {
+                let offers: Vec<&str> = first
+                    .transfer_syntaxes
+                    .iter()
+                    .flat_map(|t| super::transcode::producible(t, 0))
+                    .collect();
                 let r = refusal(
                     406,
                     "not_acceptable",
                     format!(
-                        "instances are stored as {}; none of them is acceptable (no transcoding here)",
-                        first.transfer_syntaxes.join(", ")
+                        "instances are stored as {}; acceptable would be: {}",
+                        first.transfer_syntaxes.join(", "),
+                        offers.join(", ")
                     ),
                 );
                 return Ok((refuse(stream, r)?, uids));
@@ -387,20 +395,26 @@ fn answer<S: Read + Write>(
                 .iter()
                 .find(|(s, _)| *s == i.transfer_syntax)
                 .map_or(i.transfer_syntax.as_str(), |(_, t)| t.as_str());
-            multipart::part_head(
-                &mut body,
-                &boundary,
-                &format!("{}@drimbox", sent + 1),
-                ts,
-                i.size,
-            )?;
-            let n = io::copy(&mut (&mut f).take(i.size), &mut body)?;
-            if n != i.size {
-                // The file shrank under us: end the stream unfinished, the client sees it.
-                return Err(io::Error::other(
-                    "an instance file is shorter than recorded",
-                ));
-            }
+            let id = format!("{}@drimbox", sent + 1);
+            let n = if ts == i.transfer_syntax {
+                multipart::part_head(&mut body, &boundary, &id, ts, i.size)?;
+                let n = io::copy(&mut (&mut f).take(i.size), &mut body)?;
+                if n != i.size {
+                    // The file shrank under us: end the stream unfinished, the client sees it.
+                    return Err(io::Error::other(
+                        "an instance file is shorter than recorded",
+                    ));
+                }
+                n
+            } else {
+                let converted = super::transcode::to_explicit_le(&mut f, i.size)
+                    .map_err(|e| io::Error::other(format!("instance {}: {e}", i.sop_uid)))?;
+                let n = converted.len() as u64;
+                multipart::part_head(&mut body, &boundary, &id, ts, n)?;
+                body.write_all(&converted)?;
+                shared.count("converted");
+                n
+            };
             multipart::part_end(&mut body)?;
             sent += 1;
             bytes += n;
