@@ -427,6 +427,45 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     let dump = run_ok(Command::new("dcmdump").arg(&pairs[1]));
     assert!(dump.contains("LittleEndianExplicit"), "{dump}");
 
+    // dicomweb-client, the field's Python client: its default media type (no transfer-syntax
+    // named: PS3.18's default, Explicit VR LE) and any syntax (each instance as stored).
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new("python3")
+        .arg(repo().join("tests/peers/dicomweb.py"))
+        .args(["--url", &format!("https://127.0.0.1:{port}/wado")])
+        .arg("--ca")
+        .arg(t.join("wado-ca.pem"))
+        .arg("--cert")
+        .arg(t.join("wado-client.pem"))
+        .arg("--key")
+        .arg(t.join("wado-client.key"))
+        .args([
+            "--kos", &kos, "--token", "good", "--study", STUDY, "--series", &series,
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "dicomweb-client: {}", text(&o));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let series_got = got["series"].as_array().unwrap();
+    assert_eq!(series_got.len(), in_series, "{got}");
+    assert!(
+        series_got.iter().all(|x| x[1] == "1.2.840.10008.1.2.1"),
+        "{got}"
+    );
+    let study_got = got["study"].as_array().unwrap();
+    assert_eq!(study_got.len(), sent.len(), "{got}");
+    for x in study_got {
+        let sop = x[0].as_str().unwrap();
+        let stored = if implicit_sops.iter().any(|s| s == sop) {
+            "1.2.840.10008.1.2"
+        } else {
+            "1.2.840.10008.1.2.1"
+        };
+        assert_eq!(x[1], stored, "{got}");
+    }
+
     // Refusals, each with its reason.
     let a = get(port, t, None, &base, Some(&kos), Some(ANY));
     assert_eq!(a.status, 0, "served without a client certificate");
@@ -505,7 +544,7 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     // (Recorded just after each answer: the last one may take a moment.) Six retrieves and
     // refusals before the cases, the cases, four after the replacement, the last refusal;
     // the two TLS refusals never reached HTTP.
-    let expected = 6 + cases.len() + 3 + 4 + 1;
+    let expected = 6 + 2 + cases.len() + 3 + 4 + 1;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let log = loop {
         let out = run_ok(

@@ -407,7 +407,7 @@ fn answer<S: Read + Write>(
                 }
                 n
             } else {
-                let converted = super::transcode::to_explicit_le(&mut f, i.size)
+                let converted = super::transcode::convert(&mut f, i.size, ts)
                     .map_err(|e| io::Error::other(format!("instance {}: {e}", i.sop_uid)))?;
                 let n = converted.len() as u64;
                 multipart::part_head(&mut body, &boundary, &id, ts, n)?;

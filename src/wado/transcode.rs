@@ -1,8 +1,10 @@
 //! The lossless conversions WADO-RS offers when the stored transfer syntax is not acceptable to
-//! a consumer: Implicit VR Little Endian and Deflated Explicit VR Little Endian to Explicit VR
-//! Little Endian — the same data set, re-encoded (VRs from the dictionary for implicit data,
-//! `UN` for what it does not know), never a pixel codec. Anything else is served as stored or
-//! refused with 406: a conversion we cannot do exactly is not offered.
+//! a consumer, between the native little-endian syntaxes only: Implicit VR, Explicit VR and
+//! Deflated Explicit VR Little Endian are each sent as Explicit VR or Implicit VR Little Endian
+//! — the same data set, re-encoded (VRs from the dictionary for implicit data, `UN` for what it
+//! does not know), never a pixel codec. Anything else is served as stored or refused with 406:
+//! a conversion we cannot do exactly is not offered. (dicomweb-client, for one, asks for
+//! Implicit VR by default.)
 //!
 //! A converted instance is built in memory (its size must be known for the part's
 //! Content-Length), so conversion is limited to instances of at most [`MAX_CONVERTED`] bytes.
@@ -11,7 +13,9 @@ use std::io::Read;
 
 use dicom_object::file::ReadPreamble;
 use dicom_object::OpenFileOptions;
-use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+use dicom_transfer_syntax_registry::entries::{
+    EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
+};
 
 use super::accept::EXPLICIT_VR_LE;
 
@@ -27,8 +31,10 @@ pub enum TranscodeError {
     Io(#[from] std::io::Error),
     #[error("the stored instance does not parse: {0}")]
     Read(String),
-    #[error("writing Explicit VR Little Endian: {0}")]
+    #[error("writing the converted instance: {0}")]
     Write(String),
+    #[error("no conversion to {0}")]
+    Unsupported(String),
     #[error("the instance is over {MAX_CONVERTED} bytes: not converted")]
     TooLarge,
 }
@@ -36,15 +42,29 @@ pub enum TranscodeError {
 /// The transfer syntaxes an instance stored in `stored` can be sent in, the stored one first.
 pub fn producible(stored: &str, size: u64) -> Vec<&str> {
     let mut out = vec![stored];
-    if matches!(stored, IMPLICIT_VR_LE | DEFLATED_EXPLICIT_VR_LE) && size <= MAX_CONVERTED {
-        out.push(EXPLICIT_VR_LE);
+    let native = matches!(
+        stored,
+        IMPLICIT_VR_LE | EXPLICIT_VR_LE | DEFLATED_EXPLICIT_VR_LE
+    );
+    if native && size <= MAX_CONVERTED {
+        out.extend(
+            [EXPLICIT_VR_LE, IMPLICIT_VR_LE]
+                .into_iter()
+                .filter(|t| *t != stored),
+        );
     }
     out
 }
 
-/// The stored Part 10 file (`source`, `size` bytes) as a Part 10 file in Explicit VR Little
-/// Endian: preamble, meta group with the new transfer syntax, the data set re-encoded.
-pub fn to_explicit_le(source: impl Read, size: u64) -> Result<Vec<u8>, TranscodeError> {
+/// The stored Part 10 file (`source`, `size` bytes) as a Part 10 file in `target` (Explicit or
+/// Implicit VR Little Endian): preamble, meta group with the new transfer syntax, the data set
+/// re-encoded.
+pub fn convert(source: impl Read, size: u64, target: &str) -> Result<Vec<u8>, TranscodeError> {
+    let ts = match target {
+        EXPLICIT_VR_LE => &EXPLICIT_VR_LITTLE_ENDIAN,
+        IMPLICIT_VR_LE => &IMPLICIT_VR_LITTLE_ENDIAN,
+        other => return Err(TranscodeError::Unsupported(other.into())),
+    };
     if size > MAX_CONVERTED {
         return Err(TranscodeError::TooLarge);
     }
@@ -56,7 +76,7 @@ pub fn to_explicit_le(source: impl Read, size: u64) -> Result<Vec<u8>, Transcode
         .map_err(|e| TranscodeError::Read(e.to_string()))?;
     drop(bytes);
     let meta = obj.meta_mut();
-    meta.set_transfer_syntax(&EXPLICIT_VR_LITTLE_ENDIAN);
+    meta.set_transfer_syntax(ts);
     // UI values are padded to even length with NUL (PS3.5 §6.2); the setter does not pad.
     if meta.transfer_syntax.len() % 2 == 1 {
         meta.transfer_syntax.push('\0');
@@ -118,7 +138,7 @@ mod tests {
     #[test]
     fn implicit_becomes_explicit_with_the_same_elements() {
         let stored = implicit_file();
-        let converted = to_explicit_le(stored.as_slice(), stored.len() as u64).unwrap();
+        let converted = convert(stored.as_slice(), stored.len() as u64, EXPLICIT_VR_LE).unwrap();
         let back = OpenFileOptions::new()
             .read_preamble(ReadPreamble::Always)
             .from_reader(converted.as_slice())
@@ -148,6 +168,16 @@ mod tests {
         assert_eq!(&converted[at + 4..at + 6], b"PN");
         // The meta group's UID is padded to even length.
         assert!(converted.windows(20).any(|w| w == b"1.2.840.10008.1.2.1\0"));
+        // And back to Implicit VR: the same bytes as the original data set.
+        let again = convert(converted.as_slice(), converted.len() as u64, IMPLICIT_VR_LE).unwrap();
+        let tail = |b: &[u8]| {
+            let at = b
+                .windows(4)
+                .position(|w| w == [0x08, 0x00, 0x16, 0x00])
+                .unwrap();
+            b[at..].to_vec()
+        };
+        assert_eq!(tail(&again), tail(&stored));
     }
 
     #[test]
@@ -158,20 +188,23 @@ mod tests {
         );
         assert_eq!(
             producible(DEFLATED_EXPLICIT_VR_LE, 10),
-            [DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_LE]
+            [DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_LE, IMPLICIT_VR_LE]
         );
         assert_eq!(
             producible("1.2.840.10008.1.2.4.50", 10),
             ["1.2.840.10008.1.2.4.50"]
         );
-        assert_eq!(producible(EXPLICIT_VR_LE, 10), [EXPLICIT_VR_LE]);
+        assert_eq!(
+            producible(EXPLICIT_VR_LE, 10),
+            [EXPLICIT_VR_LE, IMPLICIT_VR_LE]
+        );
         assert_eq!(
             producible(IMPLICIT_VR_LE, MAX_CONVERTED + 1),
             [IMPLICIT_VR_LE]
         );
         let stored = implicit_file();
         assert!(matches!(
-            to_explicit_le(stored.as_slice(), MAX_CONVERTED + 1),
+            convert(stored.as_slice(), MAX_CONVERTED + 1, EXPLICIT_VR_LE),
             Err(TranscodeError::TooLarge)
         ));
     }
