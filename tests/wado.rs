@@ -427,6 +427,27 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     let dump = run_ok(Command::new("dcmdump").arg(&pairs[1]));
     assert!(dump.contains("LittleEndianExplicit"), "{dump}");
 
+    // Implicit VR only: the Explicit VR series converted the other way.
+    let a = get(
+        port,
+        t,
+        Some("wado"),
+        &series_path,
+        Some(&kos),
+        Some("multipart/related; type=\"application/dicom\"; transfer-syntax=1.2.840.10008.1.2"),
+    );
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    for (i, (head, bytes)) in parts(&a).iter().enumerate() {
+        assert!(
+            head.contains("transfer-syntax=1.2.840.10008.1.2\r\n"),
+            "{head}"
+        );
+        let f = dir.path().join(format!("implicit{i}.dcm"));
+        fs::write(&f, bytes).unwrap();
+        let dump = run_ok(Command::new("dcmdump").arg(&f));
+        assert!(dump.contains("LittleEndianImplicit"), "{dump}");
+    }
+
     // dicomweb-client, the field's Python client: its default media type (no transfer-syntax
     // named: PS3.18's default, Explicit VR LE) and any syntax (each instance as stored).
     let out = tempfile::tempdir().unwrap();
@@ -544,7 +565,7 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     // (Recorded just after each answer: the last one may take a moment.) Six retrieves and
     // refusals before the cases, the cases, four after the replacement, the last refusal;
     // the two TLS refusals never reached HTTP.
-    let expected = 6 + 2 + cases.len() + 3 + 4 + 1;
+    let expected = 7 + 2 + cases.len() + 3 + 4 + 1;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let log = loop {
         let out = run_ok(
