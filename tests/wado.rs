@@ -621,3 +621,111 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// The peak resident memory (VmHWM) of a process, in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A 1 GiB series (128 instances of 8 MiB) streams through the server's fixed buffers: its
+/// peak resident memory stays under 64 MiB, and every byte arrives.
+#[test]
+fn a_1_gib_series_streams_in_bounded_memory() {
+    let pki = tempfile::tempdir().unwrap();
+    mint(pki.path());
+    let tls = tempfile::tempdir().unwrap();
+    mint_pki(tls.path(), "wado");
+    let t = tls.path();
+    let sim = Simulator::start(pki.path(), &[]);
+    let port = free_port();
+    let p = |n: &str| format!("{:?}", t.join(n).display().to_string());
+    let b = DrimBox::start(Settings {
+        stable_after_seconds: 1,
+        extra_config: config(pki.path(), sim.port)
+            + &format!(
+                "\n[wado]\nlisten = \"127.0.0.1\"\nport = {port}\ncertificate = {}\nprivate_key = {}\nclient_ca = {}\n",
+                p("wado-server.pem"),
+                p("wado-server.key"),
+                p("wado-ca.pem"),
+            ),
+        ..Settings::default()
+    });
+    let images = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("python3")
+            .arg(shared().join("bench/gen_study.py"))
+            .arg("--out")
+            .arg(images.path())
+            .args(["--count", "128", "--rows", "2048", "--cols", "2048"])
+            .args([
+                "--seed",
+                "wado-1gib",
+                "--patient-id",
+                INS,
+                "--accession",
+                "ACN112",
+            ]),
+    );
+    let files = files_in(images.path());
+    run_ok(
+        Command::new("dcmodify")
+            .args(["-nb", "-m"])
+            .arg(format!("(0020,000d)={STUDY}"))
+            .args(&files),
+    );
+    let total: u64 = files.iter().map(|f| fs::metadata(f).unwrap().len()).sum();
+    assert!(total >= 1 << 30, "only {total} bytes generated");
+    let o = storescu_files(b.port, &[], &files);
+    assert!(o.status.success(), "{}", text(&o));
+    let ack = mllp_send(
+        b.hl7_port,
+        &fs::read(shared().join("ref/hl7/ORU_R01_K.hl7")).unwrap(),
+    );
+    assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
+    wait_state(&b, "published", Duration::from_secs(120));
+    install_whitelist(&b, &["CN=wado client"], "2026-12-02T00:00:00Z");
+    let kos = kos_uids(&b)[0].clone();
+    let series = uids(&files[0]).series;
+    let wado = b.service_pid("wado").unwrap();
+    let before = peak_rss_kib(wado);
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "600",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+        ])
+        .arg("--cacert")
+        .arg(t.join("wado-ca.pem"))
+        .arg("--cert")
+        .arg(t.join("wado-client.pem"))
+        .arg("--key")
+        .arg(t.join("wado-client.key"))
+        .args(["-H", &format!("KOS-SOPInstanceUID: {kos}")])
+        .args(["-H", &format!("Accept: {ANY}")])
+        .arg(format!(
+            "https://127.0.0.1:{port}/wado/studies/{STUDY}/series/{series}"
+        ))
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&o.stdout).to_string();
+    let (code, size) = answer.split_once(' ').unwrap();
+    assert_eq!(code, "200", "{answer} {}", text(&o));
+    let size: u64 = size.parse().unwrap();
+    assert!(size > total, "{size} bytes received for {total} stored");
+    let peak = peak_rss_kib(wado);
+    println!("wado peak RSS: {before} KiB before, {peak} KiB after streaming {size} bytes");
+    assert!(
+        peak < 64 * 1024,
+        "peak RSS {peak} KiB while streaming 1 GiB"
+    );
+}
