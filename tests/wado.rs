@@ -427,6 +427,81 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     let dump = run_ok(Command::new("dcmdump").arg(&pairs[1]));
     assert!(dump.contains("LittleEndianExplicit"), "{dump}");
 
+    // The agency validator's own requests, replayed byte for byte but for its host, UIDs and
+    // token (absolute-form request line, its Accept, Java's User-Agent, keep-alive): the
+    // answer has the Content-Type parameters and the chunking of the reference response.
+    let reference = fs::read_to_string(shared().join("ref/wado-rs/response_headers.txt")).unwrap();
+    assert!(reference
+        .contains("transfer-syntax=1.2.840.10008.1.2.1;type=\"application/dicom\"; boundary="));
+    let sample_study = "1.2.840.113745.101000.108000.38425.5599.7073835";
+    let sample_series = "1.3.12.2.1107.5.1.4.54023.30000005041115305593700013463";
+    for (file, expect) in [
+        ("request_series.txt", in_series),
+        ("request_instance.txt", 1),
+    ] {
+        let body = dir.path().join(format!("{file}.body"));
+        let o = Command::new("python3")
+            .arg(repo().join("tests/peers/replay.py"))
+            .args(["--port", &port.to_string()])
+            .arg("--ca")
+            .arg(t.join("wado-ca.pem"))
+            .arg("--cert")
+            .arg(t.join("wado-client.pem"))
+            .arg("--key")
+            .arg(t.join("wado-client.key"))
+            .arg("--request")
+            .arg(shared().join("ref/wado-rs").join(file))
+            .arg("--out")
+            .arg(&body)
+            .args([
+                "--sub",
+                &format!("KOS-SOPInstanceUID: {sample_series}=KOS-SOPInstanceUID: {kos}"),
+                "--sub",
+                &format!("https://interop.referencement.esante.gouv.fr/dicom-web-rs=https://127.0.0.1:{port}/wado"),
+                "--sub",
+                &format!("{sample_study}={STUDY}"),
+                "--sub",
+                &format!("{sample_series}={series}"),
+                "--sub",
+                "Bearer eyJhbGciOiJSUzI1NiIsInR5cCIgO=Bearer good",
+            ])
+            .args(if file == "request_instance.txt" {
+                vec!["--sub".to_string(), format!("1.2.3.4.5.6.7={sop}")]
+            } else {
+                vec![]
+            })
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{file}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["status"], 200, "{file}: {v}");
+        let header = |name: &str| {
+            v["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name))
+                .map(|h| h[1].as_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        let ct = header("content-type");
+        assert!(
+            ct.starts_with("multipart/related;start=\"<")
+                && ct.contains(
+                    ">\";transfer-syntax=1.2.840.10008.1.2.1;type=\"application/dicom\"; boundary="
+                ),
+            "{file}: {ct}"
+        );
+        assert_eq!(header("transfer-encoding"), "chunked");
+        let replayed = Answer {
+            status: 200,
+            headers: [("content-type".to_string(), ct)].into_iter().collect(),
+            body: fs::read(&body).unwrap(),
+            curl_exit: 0,
+        };
+        assert_eq!(parts(&replayed).len(), expect, "{file}");
+    }
+
     // Implicit VR only: the Explicit VR series converted the other way.
     let a = get(
         port,
@@ -565,7 +640,7 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     // (Recorded just after each answer: the last one may take a moment.) Six retrieves and
     // refusals before the cases, the cases, four after the replacement, the last refusal;
     // the two TLS refusals never reached HTTP.
-    let expected = 7 + 2 + cases.len() + 3 + 4 + 1;
+    let expected = 7 + 2 + 2 + cases.len() + 3 + 4 + 1;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let log = loop {
         let out = run_ok(

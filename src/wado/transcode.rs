@@ -181,6 +181,41 @@ mod tests {
     }
 
     #[test]
+    fn deflated_becomes_explicit() {
+        let implicit = implicit_file();
+        let mut obj = OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Always)
+            .from_reader(implicit.as_slice())
+            .unwrap();
+        let meta = obj.meta_mut();
+        meta.transfer_syntax = format!("{DEFLATED_EXPLICIT_VR_LE}\0");
+        meta.update_information_group_length();
+        let mut deflated = Vec::new();
+        obj.write_all(&mut deflated).unwrap();
+        // Deflated: the data set is not readable as is (no PN value in clear).
+        assert!(!deflated.windows(8).any(|w| w == b"DOE^JOHN"));
+        let converted =
+            convert(deflated.as_slice(), deflated.len() as u64, EXPLICIT_VR_LE).unwrap();
+        let back = OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Always)
+            .from_reader(converted.as_slice())
+            .unwrap();
+        assert_eq!(back.meta().transfer_syntax(), EXPLICIT_VR_LE);
+        assert_eq!(
+            back.element(tags::PATIENT_NAME).unwrap().to_str().unwrap(),
+            "DOE^JOHN"
+        );
+        assert_eq!(
+            back.element(tags::PIXEL_DATA)
+                .unwrap()
+                .to_bytes()
+                .unwrap()
+                .as_ref(),
+            &[1, 2, 3, 4, 5, 6, 7, 8]
+        );
+    }
+
+    #[test]
     fn only_exact_conversions_are_offered() {
         assert_eq!(
             producible(IMPLICIT_VR_LE, 10),
