@@ -620,11 +620,56 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     let a = get(port, t, Some("wado"), &base, Some(&kos), Some(ANY));
     assert_eq!(a.status, 404);
     assert!(String::from_utf8_lossy(&a.body).contains("newer KOS"));
+    // An image rejected (IOCM, "rejected for quality reasons"): the KOS is replaced by one
+    // without it, and it is never served again, whatever is asked.
+    let note_dir = tempfile::tempdir().unwrap();
+    let note = note_dir.path().join("note.dcm");
+    let rejected = &sent[0];
+    let o = pyscu(&[
+        "rejection",
+        note.to_str().unwrap(),
+        "113001",
+        rejected.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(storescu_files(b.port, &[], std::slice::from_ref(&note))
+        .status
+        .success());
+    wait_lots(&b, "published", 3);
+    let kos3 = kos_uids(&b)[2].clone();
+    let a = get(port, t, Some("wado"), &base, Some(&kos3), Some(ANY));
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let now_served: Vec<String> = parts(&a)
+        .iter()
+        .enumerate()
+        .map(|(i, (_, bytes))| {
+            let f = dir.path().join(format!("after-rejection{i}.dcm"));
+            fs::write(&f, bytes).unwrap();
+            uids(&f).sop
+        })
+        .collect();
+    assert_eq!(now_served.len(), sent.len() - 1);
+    assert!(!now_served.contains(&uids(rejected).sop));
+    let a = get(
+        port,
+        t,
+        Some("wado"),
+        &format!(
+            "{base}/series/{}/instances/{}",
+            uids(rejected).series,
+            uids(rejected).sop
+        ),
+        Some(&kos3),
+        Some(ANY),
+    );
+    assert_eq!(a.status, 404, "{}", String::from_utf8_lossy(&a.body));
+    assert!(String::from_utf8_lossy(&a.body).contains("rejected"));
+
     // Withdrawn: gone, whichever manifest the consumer holds.
     let ack = mllp_send(b.hl7_port, &oru_version("CA", "D", "id-deletion"));
     assert_eq!(hl7_field(&ack, "MSA", 1), "AA");
-    wait_lots(&b, "withdrawn", 3);
-    for k in [&kos, &kos2] {
+    wait_lots(&b, "withdrawn", 4);
+    for k in [&kos, &kos2, &kos3] {
         let a = get(port, t, Some("wado"), &base, Some(k), Some(ANY));
         assert_eq!(a.status, 410, "{}", String::from_utf8_lossy(&a.body));
     }
@@ -640,7 +685,7 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     // (Recorded just after each answer: the last one may take a moment.) Six retrieves and
     // refusals before the cases, the cases, four after the replacement, the last refusal;
     // the two TLS refusals never reached HTTP.
-    let expected = 7 + 2 + 2 + cases.len() + 3 + 4 + 1;
+    let expected = 7 + 2 + 2 + cases.len() + 3 + 2 + 2 + 3 + 1;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let log = loop {
         let out = run_ok(
@@ -681,13 +726,13 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
             && n("wado_refused_tls") >= 2
         {
             assert!(n("wado_refused_manifest_replaced") >= 1, "{wado:#}");
-            assert!(n("wado_refused_withdrawn") >= 2, "{wado:#}");
+            assert!(n("wado_refused_withdrawn") >= 3, "{wado:#}");
             let summary = s["wado"]["summary"].as_str().unwrap();
             assert!(summary.contains(" served, "), "{s:#}");
             assert!(
                 s["wado"]["details"]
                     .to_string()
-                    .contains("refused, withdrawn: 2"),
+                    .contains("refused, withdrawn: 3"),
                 "{s:#}"
             );
             break;
