@@ -43,6 +43,20 @@ pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
+/// A TLS client configuration without a client certificate (ring provider, safe protocol
+/// versions) trusting the CAs of the PEM file `roots`.
+pub fn client_config(roots: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    let roots = load_roots(roots)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// A TLS server configuration (ring provider, safe protocol versions): the box's certificate,
 /// and, with `client_ca`, client certificates required and verified against those CAs.
 pub fn server_config(

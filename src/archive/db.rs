@@ -551,60 +551,72 @@ pub fn update_lot(txn: &WriteTransaction, study_uid: &str, row: &LotRow) -> Resu
     Ok(())
 }
 
+/// The append-only logs (exchanges, whitelist attempts, WADO-RS accesses): a counter key and
+/// one JSON record per entry, in commit order.
+type Log = TableDefinition<'static, u64, &'static [u8]>;
+
+/// Appends `record` to `log` inside the caller's transaction; its number.
+fn append_to_log<T: serde::Serialize>(
+    txn: &WriteTransaction,
+    log: Log,
+    record: &T,
+) -> Result<u64, DbError> {
+    let mut t = txn.open_table(log)?;
+    let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
+    t.insert(next, encode(record).as_slice())?;
+    Ok(next)
+}
+
+/// Appends `record` to `log` in a transaction of its own, committed before it returns.
+fn append_committed<T: serde::Serialize>(db: &Db, log: Log, record: &T) -> Result<u64, DbError> {
+    let txn = db.begin_write()?;
+    let n = append_to_log(&txn, log, record)?;
+    txn.commit()?;
+    Ok(n)
+}
+
+/// The last `limit` entries of `log`, newest first (none when nothing was ever logged).
+fn last_in_log<T: serde::de::DeserializeOwned>(
+    db: &Db,
+    log: Log,
+    limit: usize,
+) -> Result<Vec<T>, DbError> {
+    let txn = db.read()?;
+    let t = match txn.open_table(log) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in t.iter()?.rev().take(limit) {
+        let (k, v) = entry?;
+        out.push(decode(&k.value().to_string(), v.value())?);
+    }
+    Ok(out)
+}
+
 /// Appends a delivery step to the exchange log (in the caller's transaction, so the step and
 /// its log line commit together).
 pub fn append_exchange(
     txn: &WriteTransaction,
     record: &super::model::ExchangeRecord,
 ) -> Result<(), DbError> {
-    let mut t = txn.open_table(EXCHANGES)?;
-    let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
-    t.insert(next, encode(record).as_slice())?;
-    Ok(())
+    append_to_log(txn, EXCHANGES, record).map(drop)
 }
 
 /// The last `limit` delivery steps, newest first.
 pub fn last_exchanges(db: &Db, limit: usize) -> Result<Vec<super::model::ExchangeRecord>, DbError> {
-    let txn = db.read()?;
-    let t = match txn.open_table(EXCHANGES) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = Vec::new();
-    for entry in t.iter()?.rev().take(limit) {
-        let (k, v) = entry?;
-        out.push(decode(&k.value().to_string(), v.value())?);
-    }
-    Ok(out)
+    last_in_log(db, EXCHANGES, limit)
 }
 
 /// Appends (and commits) one WADO-RS access.
 pub fn append_access(db: &Db, access: &super::model::AccessRecord) -> Result<(), DbError> {
-    let txn = db.begin_write()?;
-    {
-        let mut t = txn.open_table(ACCESSES)?;
-        let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
-        t.insert(next, encode(access).as_slice())?;
-    }
-    txn.commit()?;
-    Ok(())
+    append_committed(db, ACCESSES, access).map(drop)
 }
 
 /// The last `limit` WADO-RS accesses, newest first.
 pub fn accesses(db: &Db, limit: usize) -> Result<Vec<super::model::AccessRecord>, DbError> {
-    let txn = db.read()?;
-    let t = match txn.open_table(ACCESSES) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = Vec::new();
-    for entry in t.iter()?.rev().take(limit) {
-        let (k, v) = entry?;
-        out.push(decode(&k.value().to_string(), v.value())?);
-    }
-    Ok(out)
+    last_in_log(db, ACCESSES, limit)
 }
 
 /// Appends (and commits) one whitelist attempt; its number.
@@ -612,15 +624,7 @@ pub fn append_whitelist_attempt(
     db: &Db,
     attempt: &super::model::WhitelistAttempt,
 ) -> Result<u64, DbError> {
-    let txn = db.begin_write()?;
-    let next = {
-        let mut t = txn.open_table(WHITELIST_ATTEMPTS)?;
-        let next = t.last()?.map_or(0, |(k, _)| k.value() + 1);
-        t.insert(next, encode(attempt).as_slice())?;
-        next
-    };
-    txn.commit()?;
-    Ok(next)
+    append_committed(db, WHITELIST_ATTEMPTS, attempt)
 }
 
 /// The last `limit` whitelist attempts, newest first.
@@ -628,18 +632,7 @@ pub fn whitelist_attempts(
     db: &Db,
     limit: usize,
 ) -> Result<Vec<super::model::WhitelistAttempt>, DbError> {
-    let txn = db.read()?;
-    let t = match txn.open_table(WHITELIST_ATTEMPTS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = Vec::new();
-    for entry in t.iter()?.rev().take(limit) {
-        let (k, v) = entry?;
-        out.push(decode(&k.value().to_string(), v.value())?);
-    }
-    Ok(out)
+    last_in_log(db, WHITELIST_ATTEMPTS, limit)
 }
 
 /// The next lot number of the box, durably reserved (UIDs are made from it, so it is never

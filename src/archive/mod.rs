@@ -217,33 +217,21 @@ fn serve_connection(
                 return;
             }
         };
-        if !role.allows(&request) {
+        let (response, files) = if !role.allows(&request) {
             let refusal = Response::Error(ArchiveFailure {
                 kind: FailureKind::Forbidden,
                 message: format!("role {} may not make this request", role.name()),
             });
-            if ipc::write_frame(&mut stream, &refusal).is_err() {
-                return;
-            }
-            continue;
-        }
-        // A retrieve's answer is followed by its files, as descriptors.
-        if let Request::Retrieve(r) = &request {
-            let (response, files) = match retrieve::retrieve(db, layout, r) {
-                Ok((r, files)) => (Response::Retrieval(r), files),
-                Err(f) => (Response::Error(f), Vec::new()),
-            };
-            if ipc::write_frame(&mut stream, &response).is_err() {
-                return;
-            }
-            let fds: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
-            if !fds.is_empty() && ipc::send_fds(&stream, &fds).is_err() {
-                return;
-            }
-            continue;
-        }
-        let response = answer(request, db, layout, jobs, policy);
+            (refusal, Vec::new())
+        } else {
+            answer(request, db, layout, jobs, policy)
+        };
         if ipc::write_frame(&mut stream, &response).is_err() {
+            return;
+        }
+        // Files handed over with the answer follow it, as descriptors.
+        let fds: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+        if !fds.is_empty() && ipc::send_fds(&stream, &fds).is_err() {
             return;
         }
     }
@@ -260,14 +248,21 @@ pub(crate) fn db_failure(e: impl std::fmt::Display) -> ArchiveFailure {
     failure(FailureKind::Resources, e.to_string())
 }
 
+/// The answer to `request`, and the files it hands over (only a retrieve has any).
 fn answer(
     request: Request,
     db: &Db,
     layout: &Layout,
     jobs: &mpsc::SyncSender<Job>,
     policy: &crate::exam::Policy,
-) -> Response {
-    match request {
+) -> (Response, Vec<std::fs::File>) {
+    let response = match request {
+        Request::Retrieve(r) => {
+            return match retrieve::retrieve(db, layout, &r) {
+                Ok((r, files)) => (Response::Retrieval(r), files),
+                Err(f) => (Response::Error(f), Vec::new()),
+            }
+        }
         Request::Exam { study_uid } => match db.exam_history(&study_uid, policy) {
             Ok(h) => Response::Exam(h.map(Box::new)),
             Err(e) => Response::Error(db_failure(e)),
@@ -294,11 +289,6 @@ fn answer(
             Ok(v) => Response::Accesses(v),
             Err(e) => Response::Error(db_failure(e)),
         },
-        // Answered with its descriptors in serve_connection.
-        Request::Retrieve(_) => Response::Error(failure(
-            FailureKind::Invalid,
-            "a retrieve is answered with descriptors",
-        )),
         Request::Exams => match db.exams(policy) {
             Ok(v) => Response::Exams(v),
             Err(e) => Response::Error(db_failure(e)),
@@ -333,15 +323,17 @@ fn answer(
         Request::RegisterInstance(instance) => {
             let (reply, answer) = mpsc::sync_channel(1);
             if jobs.send(Job { instance, reply }).is_err() {
-                return Response::Error(failure(FailureKind::Resources, "archive stopping"));
-            }
-            match answer.recv() {
-                Ok(Ok(outcome)) => Response::Registered(outcome),
-                Ok(Err(f)) => Response::Error(f),
-                Err(_) => Response::Error(failure(FailureKind::Resources, "archive stopping")),
+                Response::Error(failure(FailureKind::Resources, "archive stopping"))
+            } else {
+                match answer.recv() {
+                    Ok(Ok(outcome)) => Response::Registered(outcome),
+                    Ok(Err(f)) => Response::Error(f),
+                    Err(_) => Response::Error(failure(FailureKind::Resources, "archive stopping")),
+                }
             }
         }
-    }
+    };
+    (response, Vec::new())
 }
 
 fn writer_loop(

@@ -360,6 +360,29 @@ pub struct WhitelistAttempt {
     pub version: Option<String>,
 }
 
+impl WhitelistAttempt {
+    /// An attempt with its outcome and nothing yet known of a list.
+    pub fn new(at_unix: i64, trigger: &str, url: &str, outcome: WhitelistOutcome) -> Self {
+        WhitelistAttempt {
+            at_unix,
+            trigger: trigger.into(),
+            url: url.into(),
+            outcome,
+            reason: None,
+            sha256: None,
+            size: None,
+            generated: None,
+            domains: None,
+            signer: None,
+            certificates_expire_unix: None,
+            crls_next_update_unix: None,
+            proof: None,
+            proof_signed: false,
+            version: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WhitelistOutcome {

@@ -578,9 +578,7 @@ pub fn prepare_vihf(
     // 2. The final assertion without its value, and the canonical SignedInfo to sign.
     let (head, tail) = write(input, &issuer, &certificate_b64, algorithm, &digest);
     let doc = Document::parse(format!("{head}{tail}").as_bytes())?;
-    let node = dsig::find_signature(&doc).map_err(VihfError::Reference)?;
-    let parsed = dsig::parse_signature(&doc, node).map_err(VihfError::Reference)?;
-    let signed_info = dsig::canonical_signed_info(&doc, &parsed.signed_info);
+    let signed_info = dsig::signed_info_to_sign(&doc).map_err(VihfError::Reference)?;
     Ok(UnsignedVihf {
         head,
         tail,

@@ -36,7 +36,7 @@ pub enum WadoError {
 
 /// The subjects of the whitelist in service, re-read when the file changes.
 struct Whitelist {
-    path: PathBuf,
+    files: crate::whitelist::updater::Files,
     seen: Option<(SystemTime, u64)>,
     subjects: Vec<Vec<(String, String)>>,
 }
@@ -44,7 +44,7 @@ struct Whitelist {
 impl Whitelist {
     /// Whether `subject` is listed; Err when no verified list is in service.
     fn admits(&mut self, subject: &str) -> Result<bool, &'static str> {
-        let meta = std::fs::metadata(&self.path).ok();
+        let meta = std::fs::metadata(self.files.current()).ok();
         let stamp = meta
             .as_ref()
             .and_then(|m| Some((m.modified().ok()?, m.len())));
@@ -55,12 +55,8 @@ impl Whitelist {
         }
         if stamp != self.seen {
             // Installed by the updater after verification (temp + rename): read as is.
-            let content = std::fs::read(&self.path).ok().and_then(|b| {
-                let doc = crate::xml::Document::parse(&b).ok()?;
-                crate::whitelist::list::read(&doc).ok()
-            });
-            self.subjects = content
-                .map(|c| {
+            self.subjects = crate::whitelist::updater::installed(&self.files)
+                .map(|(_, c)| {
                     c.domains
                         .iter()
                         .filter_map(|d| dn::normalize(&d.dn))
@@ -572,7 +568,6 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), WadoError> {
     let addr = std::net::SocketAddr::new(w.listen, w.port);
     let listener = crate::supervisor::sandbox::tcp_listener(addr, "wado")
         .map_err(|source| WadoError::Bind { addr, source })?;
-    let files = crate::whitelist::updater::Files::new(&config.storage.data_dir);
     let introspector = match &w.introspection {
         Some(i) => Some(super::token::Introspector::load(i).map_err(WadoError::Config)?),
         None => {
@@ -585,7 +580,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), WadoError> {
         introspector,
         run_dir: config.storage.run_dir.clone(),
         whitelist: Mutex::new(Whitelist {
-            path: files.current(),
+            files: crate::whitelist::updater::Files::new(&config.storage.data_dir),
             seen: None,
             subjects: Vec::new(),
         }),

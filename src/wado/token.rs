@@ -123,15 +123,8 @@ pub struct Introspector {
 
 impl Introspector {
     pub fn load(config: &IntrospectionConfig) -> Result<Introspector, String> {
-        let roots = crate::tls::load_roots(&config.trust_anchors)
+        let tls = crate::tls::client_config(&config.trust_anchors)
             .map_err(|e| format!("wado.introspection.trust_anchors: {e}"))?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         let secret = std::fs::read_to_string(&config.client_secret_file)
             .map_err(|e| {
                 format!(
@@ -149,7 +142,7 @@ impl Introspector {
         );
         Ok(Introspector {
             config: config.clone(),
-            tls: Arc::new(tls),
+            tls,
             authorization,
             cache: Mutex::new(Cache::default()),
             epoch: std::time::Instant::now(),

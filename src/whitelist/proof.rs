@@ -39,21 +39,14 @@ pub enum ProofError {
     SelfCheck(DsigError),
 }
 
-/// Escapes for element content and double-quoted attributes; control characters (which
-/// attribute normalisation would rewrite) become spaces.
+/// Escapes for element content and double-quoted attributes (the XDS writer's escaping);
+/// control characters, which attribute normalisation would rewrite, become spaces first.
 fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
+    let plain: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    crate::xds::escape(&plain)
 }
 
 /// Where the list came from and who verified it.
@@ -262,9 +255,7 @@ pub fn prepare(
     let (h, t) = signature(certificate, signing_time, &list_digest, &properties_digest);
     let (head, tail) = assemble(report, (&h, &t), "");
     let doc = Document::parse(format!("{head}{tail}").as_bytes())?;
-    let node = dsig::find_signature(&doc).map_err(ProofError::Reference)?;
-    let parsed = dsig::parse_signature(&doc, node).map_err(ProofError::Reference)?;
-    let signed_info = dsig::canonical_signed_info(&doc, &parsed.signed_info);
+    let signed_info = dsig::signed_info_to_sign(&doc).map_err(ProofError::Reference)?;
     Ok(Unsigned {
         head,
         tail,

@@ -106,9 +106,9 @@ pub struct Updater {
     files: Files,
 }
 
-/// The list in service: its bytes' digest and DateDeGeneration, read back from disk (it was
-/// verified before it was installed).
-fn installed(files: &Files) -> Option<(String, list::ListContent)> {
+/// The list in service: its bytes' digest and content, read back from disk (it was verified
+/// before it was installed; only the updater writes it).
+pub fn installed(files: &Files) -> Option<(String, list::ListContent)> {
     let bytes = fs::read(files.current()).ok()?;
     let doc = crate::xml::Document::parse(&bytes).ok()?;
     let content = list::read(&doc).ok()?;
@@ -150,15 +150,8 @@ impl Updater {
         let Some(download) = w.download.clone() else {
             return Ok(None);
         };
-        let roots = crate::tls::load_roots(&download.tls_trust_anchors)
+        let tls = crate::tls::client_config(&download.tls_trust_anchors)
             .map_err(|e| format!("whitelist.tls_trust_anchors: {e}"))?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         let trust = trust::load(w).map_err(|e| e.to_string())?;
         let editor = match &w.proof_signing {
             Some(p) => Some(
@@ -169,7 +162,7 @@ impl Updater {
         };
         Ok(Some(Updater {
             download,
-            tls: Arc::new(tls),
+            tls,
             trust,
             editor,
             files: Files::new(&config.storage.data_dir),
@@ -179,23 +172,8 @@ impl Updater {
     /// One attempt: download, verify, prove, install. Never fails: a failure is an outcome.
     pub fn attempt(&self, trigger: &str, now_unix: i64) -> Report {
         let d = &self.download;
-        let mut attempt = WhitelistAttempt {
-            at_unix: now_unix,
-            trigger: trigger.into(),
-            url: d.url.clone(),
-            outcome: WhitelistOutcome::FetchFailed,
-            reason: None,
-            sha256: None,
-            size: None,
-            generated: None,
-            domains: None,
-            signer: None,
-            certificates_expire_unix: None,
-            crls_next_update_unix: None,
-            proof: None,
-            proof_signed: false,
-            version: None,
-        };
+        let mut attempt =
+            WhitelistAttempt::new(now_unix, trigger, &d.url, WhitelistOutcome::FetchFailed);
         let answer = crate::dmp::http::get(
             &d.url,
             "application/xml, text/xml",
@@ -203,21 +181,18 @@ impl Updater {
             d.timeout,
             d.max_bytes,
         );
-        let bytes = match answer {
-            Ok(m) if m.status() == 200 => m.body,
-            Ok(m) => {
-                attempt.reason = Some(format!(
-                    "HTTP {}",
-                    m.start.split_once(' ').map_or(m.start.as_str(), |(_, r)| r)
-                ));
-                return Report {
-                    attempt,
-                    checks: Vec::new(),
-                    notes: Vec::new(),
-                };
-            }
-            Err(e) => {
-                attempt.reason = Some(download_reason(&e, d.timeout));
+        let not_fetched = match answer {
+            Ok(m) if m.status() == 200 => Ok(m.body),
+            Ok(m) => Err(format!(
+                "HTTP {}",
+                m.start.split_once(' ').map_or(m.start.as_str(), |(_, r)| r)
+            )),
+            Err(e) => Err(download_reason(&e, d.timeout)),
+        };
+        let bytes = match not_fetched {
+            Ok(b) => b,
+            Err(why) => {
+                attempt.reason = Some(why);
                 return Report {
                     attempt,
                     checks: Vec::new(),
@@ -555,29 +530,19 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), UpdaterError> {
                         .iter()
                         .any(|a| a.outcome.succeeded() && a.sha256.as_ref() == Some(sha));
                     if !known {
-                        let a = WhitelistAttempt {
-                            at_unix: now_unix(),
-                            trigger: "start".into(),
-                            url: config
-                                .whitelist
-                                .download
-                                .as_ref()
-                                .map_or(String::new(), |d| d.url.clone()),
-                            outcome: WhitelistOutcome::Installed,
-                            reason: Some(
-                                "installed before an interruption; recorded at start".into(),
-                            ),
-                            sha256: Some(sha.clone()),
-                            size: fs::metadata(files.current()).ok().map(|m| m.len()),
-                            generated: Some(content.generated.clone()),
-                            domains: Some(content.domains.len() as u64),
-                            signer: None,
-                            certificates_expire_unix: None,
-                            crls_next_update_unix: None,
-                            proof: None,
-                            proof_signed: false,
-                            version: None,
-                        };
+                        let url = config.whitelist.download.as_ref().map_or("", |d| &d.url);
+                        let mut a = WhitelistAttempt::new(
+                            now_unix(),
+                            "start",
+                            url,
+                            WhitelistOutcome::Installed,
+                        );
+                        a.reason =
+                            Some("installed before an interruption; recorded at start".into());
+                        a.sha256 = Some(sha.clone());
+                        a.size = fs::metadata(files.current()).ok().map(|m| m.len());
+                        a.generated = Some(content.generated.clone());
+                        a.domains = Some(content.domains.len() as u64);
                         log::warn!("whitelist {sha}: installed but not recorded; recorded now");
                         unrecorded.push(a.clone());
                         attempts.insert(0, a);

@@ -741,6 +741,14 @@ pub fn canonical_signed_info(doc: &Document, signed_info: &SignedInfo) -> Vec<u8
         .subtree(doc, signed_info.node)
 }
 
+/// What a signer signs: the canonical SignedInfo of the one Signature of `doc` (found as
+/// [`find_signature`] finds it).
+pub fn signed_info_to_sign(doc: &Document) -> Result<Vec<u8>, DsigError> {
+    let node = find_signature(doc)?;
+    let parsed = parse_signature(doc, node)?;
+    Ok(canonical_signed_info(doc, &parsed.signed_info))
+}
+
 fn check_signature_value(
     doc: &Document,
     signature: &Signature,
