@@ -456,28 +456,7 @@ fn the_demo_publishes_to_its_own_simulator() {
         assert!(Instant::now() < deadline, "demo never answered C-ECHO");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let images = tempfile::tempdir().unwrap();
-    run_ok(
-        Command::new("python3")
-            .arg(shared().join("bench/gen_study.py"))
-            .arg("--out")
-            .arg(images.path())
-            .args(["--count", "3", "--rows", "16", "--cols", "16"])
-            .args([
-                "--seed",
-                "demo",
-                "--patient-id",
-                INS,
-                "--accession",
-                "ACN112",
-            ]),
-    );
-    let files = files_in(images.path());
-    let mut m = Command::new("dcmodify");
-    m.args(["-nb", "-m"])
-        .arg(format!("(0020,000d)={STUDY}"))
-        .args(&files);
-    run_ok(&mut m);
+    let (_images, files) = exam_images(STUDY, "demo", 3, 16, 1, "explicit");
     assert!(storescu_files(dicom, &[], &files).status.success());
     let ack = mllp_send(
         hl7,

@@ -15,27 +15,6 @@ use std::time::Duration;
 use common::dmp::*;
 use common::*;
 
-/// A process killed (and reaped) when the test ends.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The agency validator's Accept header (shared/ref/wado-rs/request_series.txt).
 fn agency_accept() -> String {
     let req = fs::read_to_string(shared().join("ref/wado-rs/request_series.txt")).unwrap();
@@ -233,7 +212,7 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
             .spawn()
             .unwrap(),
     );
-    wait_port(introspect_port);
+    wait_port(introspect_port, "the introspection endpoint");
     let b = DrimBox::start(Settings {
         stable_after_seconds: 1,
         extra_config: config(pki.path(), sim.port)
@@ -252,31 +231,7 @@ fn consumers_on_the_whitelist_retrieve_the_published_exam_and_everyone_else_is_t
     // The agency's exam: six images stored as Explicit VR LE, two more as Implicit VR LE (a
     // series of their own), then its report.
     let (_images, mut sent) = send_study(&b, STUDY, "dmp");
-    let implicit = tempfile::tempdir().unwrap();
-    run_ok(
-        Command::new("python3")
-            .arg(shared().join("bench/gen_study.py"))
-            .arg("--out")
-            .arg(implicit.path())
-            .args([
-                "--count", "2", "--rows", "32", "--cols", "32", "--ts", "implicit",
-            ])
-            .args([
-                "--seed",
-                "wado-implicit",
-                "--patient-id",
-                INS,
-                "--accession",
-                "ACN112",
-            ]),
-    );
-    let implicit_files = files_in(implicit.path());
-    run_ok(
-        Command::new("dcmodify")
-            .args(["-nb", "-m"])
-            .arg(format!("(0020,000d)={STUDY}"))
-            .args(&implicit_files),
-    );
+    let (_implicit, implicit_files) = exam_images(STUDY, "wado-implicit", 2, 32, 1, "implicit");
     // -xi: propose Implicit VR only, so the box stores them so (DCMTK converts otherwise).
     let o = storescu_files(b.port, &["-xi"], &implicit_files);
     assert!(o.status.success(), "{}", text(&o));
@@ -776,29 +731,7 @@ fn a_1_gib_series_streams_in_bounded_memory() {
             ),
         ..Settings::default()
     });
-    let images = tempfile::tempdir().unwrap();
-    run_ok(
-        Command::new("python3")
-            .arg(shared().join("bench/gen_study.py"))
-            .arg("--out")
-            .arg(images.path())
-            .args(["--count", "128", "--rows", "2048", "--cols", "2048"])
-            .args([
-                "--seed",
-                "wado-1gib",
-                "--patient-id",
-                INS,
-                "--accession",
-                "ACN112",
-            ]),
-    );
-    let files = files_in(images.path());
-    run_ok(
-        Command::new("dcmodify")
-            .args(["-nb", "-m"])
-            .arg(format!("(0020,000d)={STUDY}"))
-            .args(&files),
-    );
+    let (_images, files) = exam_images(STUDY, "wado-1gib", 128, 2048, 1, "explicit");
     let total: u64 = files.iter().map(|f| fs::metadata(f).unwrap().len()).sum();
     assert!(total >= 1 << 30, "only {total} bytes generated");
     let o = storescu_files(b.port, &[], &files);

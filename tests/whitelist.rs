@@ -59,17 +59,7 @@ fn signed_list(dir: &Path, pki: &Path) -> PathBuf {
     let list = dir.join("list.xml");
     py(&["list", list.to_str().unwrap()]);
     let signed = dir.join("signed.xml");
-    py(&[
-        "sign",
-        list.to_str().unwrap(),
-        signed.to_str().unwrap(),
-        "--key",
-        pki.join("signer.key").to_str().unwrap(),
-        "--cert",
-        pki.join("signer.pem").to_str().unwrap(),
-        "--chain",
-        pki.join("intermediate.pem").to_str().unwrap(),
-    ]);
+    sign_list(pki, &list, &signed);
     signed
 }
 
@@ -365,34 +355,12 @@ fn crls_named_by_the_certificates_are_fetched_and_a_missing_one_fails() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "http.server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_port(port, "http.server");
     let (o, v) = verify(&cfg, &signed, &[]);
     let _ = server.kill();
     let _ = server.wait();
     assert_eq!(o.status.code(), Some(0), "{v:#}");
     assert_eq!(v["crls"].as_array().unwrap().len(), 2, "{v:#}");
-}
-
-/// A process killed (and reaped) when the test ends, however it ends.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn sign_list(pki: &Path, list: &Path, out: &Path) {

@@ -135,14 +135,18 @@ mod tests {
         out
     }
 
+    fn read_back(bytes: &[u8]) -> dicom_object::DefaultDicomObject {
+        OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Always)
+            .from_reader(bytes)
+            .unwrap()
+    }
+
     #[test]
     fn implicit_becomes_explicit_with_the_same_elements() {
         let stored = implicit_file();
         let converted = convert(stored.as_slice(), stored.len() as u64, EXPLICIT_VR_LE).unwrap();
-        let back = OpenFileOptions::new()
-            .read_preamble(ReadPreamble::Always)
-            .from_reader(converted.as_slice())
-            .unwrap();
+        let back = read_back(&converted);
         assert_eq!(back.meta().transfer_syntax(), EXPLICIT_VR_LE);
         assert_eq!(
             back.element(tags::PATIENT_NAME).unwrap().to_str().unwrap(),
@@ -183,10 +187,7 @@ mod tests {
     #[test]
     fn deflated_becomes_explicit() {
         let implicit = implicit_file();
-        let mut obj = OpenFileOptions::new()
-            .read_preamble(ReadPreamble::Always)
-            .from_reader(implicit.as_slice())
-            .unwrap();
+        let mut obj = read_back(&implicit);
         let meta = obj.meta_mut();
         meta.transfer_syntax = format!("{DEFLATED_EXPLICIT_VR_LE}\0");
         meta.update_information_group_length();
@@ -196,10 +197,7 @@ mod tests {
         assert!(!deflated.windows(8).any(|w| w == b"DOE^JOHN"));
         let converted =
             convert(deflated.as_slice(), deflated.len() as u64, EXPLICIT_VR_LE).unwrap();
-        let back = OpenFileOptions::new()
-            .read_preamble(ReadPreamble::Always)
-            .from_reader(converted.as_slice())
-            .unwrap();
+        let back = read_back(&converted);
         assert_eq!(back.meta().transfer_syntax(), EXPLICIT_VR_LE);
         assert_eq!(
             back.element(tags::PATIENT_NAME).unwrap().to_str().unwrap(),

@@ -96,11 +96,7 @@ impl Simulator {
             cmd.args(["--fault", f]);
         }
         let child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "dmp-sim did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_port(port, "dmp-sim");
         Simulator { child, port, state }
     }
 
@@ -184,25 +180,49 @@ pub fn publish_one_in(
     (b, images, files)
 }
 
-/// Six images of `INS` in study `uid` (generated from `seed`), stored into the box.
-pub fn send_study(b: &DrimBox, uid: &str, seed: &str) -> (tempfile::TempDir, Vec<PathBuf>) {
+/// `count` images (`rows`², in `series` series, transfer syntax `ts` as gen_study.py names it)
+/// of the agency's patient (`INS`, accession ACN112) in study `uid`, generated from `seed`:
+/// their directory and files.
+pub fn exam_images(
+    uid: &str,
+    seed: &str,
+    count: u32,
+    rows: u32,
+    series: u32,
+    ts: &str,
+) -> (tempfile::TempDir, Vec<PathBuf>) {
     let images = tempfile::tempdir().unwrap();
     run_ok(
         Command::new("python3")
             .arg(shared().join("bench/gen_study.py"))
             .arg("--out")
             .arg(images.path())
+            .args(["--count", &count.to_string(), "--rows", &rows.to_string()])
+            .args(["--cols", &rows.to_string(), "--series", &series.to_string()])
             .args([
-                "--count", "6", "--rows", "32", "--cols", "32", "--series", "2",
-            ])
-            .args(["--seed", seed, "--patient-id", INS, "--accession", "ACN112"]),
+                "--ts",
+                ts,
+                "--seed",
+                seed,
+                "--patient-id",
+                INS,
+                "--accession",
+                "ACN112",
+            ]),
     );
     let files = files_in(images.path());
-    let mut m = Command::new("dcmodify");
-    m.args(["-nb", "-m"])
-        .arg(format!("(0020,000d)={uid}"))
-        .args(&files);
-    run_ok(&mut m);
+    run_ok(
+        Command::new("dcmodify")
+            .args(["-nb", "-m"])
+            .arg(format!("(0020,000d)={uid}"))
+            .args(&files),
+    );
+    (images, files)
+}
+
+/// Six images of `INS` in study `uid` (generated from `seed`), stored into the box.
+pub fn send_study(b: &DrimBox, uid: &str, seed: &str) -> (tempfile::TempDir, Vec<PathBuf>) {
+    let (images, files) = exam_images(uid, seed, 6, 32, 2, "explicit");
     let o = storescu_files(b.port, &[], &files);
     assert!(o.status.success(), "{}", text(&o));
     (images, files)

@@ -799,3 +799,21 @@ pub fn oru_for(study_uid: &str, control_id: &str) -> Vec<u8> {
         .collect();
     segments.join("\r\n").into_bytes()
 }
+
+/// A process killed (and reaped) when the test ends, however it ends.
+pub struct Server(pub std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
