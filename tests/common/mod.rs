@@ -185,8 +185,11 @@ impl DrimBox {
         b
     }
 
-    /// Starts `drimbox run` and waits until it answers C-ECHO.
+    /// Starts `drimbox run` and waits until it answers C-ECHO and the supervisor has seen every
+    /// service ready (the moment it sends systemd READY=1): a test that looks for a service's
+    /// process right after the start must not race the supervisor still spawning the last ones.
     pub fn launch(&mut self) {
+        let log_before = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0);
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -203,7 +206,22 @@ impl DrimBox {
         self.child = Some(child);
         if !self.no_wait {
             self.wait_ready();
+            self.wait_all_services_ready(log_before);
         }
+    }
+
+    /// Waits for the supervisor's "all services ready" in the log written after `offset`.
+    fn wait_all_services_ready(&self, offset: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let log = fs::read(&self.log_path).unwrap_or_default();
+            let since = &log[(offset as usize).min(log.len())..];
+            if String::from_utf8_lossy(since).contains("all services ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("not every service became ready:\n{}", self.log());
     }
 
     pub fn wait_ready(&self) {
