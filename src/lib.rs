@@ -13,6 +13,7 @@ pub mod ipc;
 pub mod kos;
 pub mod logging;
 pub mod lot;
+pub mod ota;
 pub mod pki;
 pub mod publisher;
 pub mod signing;
