@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 use drimbox::config::{self, Config};
 use drimbox::ipc::{self, Request, Response, Role};
 
+mod ota_cli;
+
 #[derive(Parser)]
 #[command(name = "drimbox", version, about = "DRIMbox appliance firmware")]
 struct Cli {
@@ -119,6 +121,11 @@ enum Cmd {
     Whitelist {
         #[command(subcommand)]
         command: WhitelistCmd,
+    },
+    /// Signed A/B updates: make, check, install and commit bundles.
+    Ota {
+        #[command(subcommand)]
+        command: ota_cli::OtaCmd,
     },
     /// Image access by consumer DRIMboxes (WADO-RS).
     Wado {
@@ -296,6 +303,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             (!no_dmp).then_some((dmp_port, wado_port)),
         ),
         Cmd::Service { name, config } => service(&name, &config),
+        Cmd::Ota { command } => Ok(ota_cli::run(command)),
         Cmd::Status { target, json } => status(&target, json),
         Cmd::Study { study_uid, target } => study(&target, &study_uid),
         Cmd::Exams { target, json } => exams(&target, json),

@@ -20,6 +20,8 @@ pub enum CertificateError {
     UnsupportedAlgorithm(String),
     #[error("the signature does not verify with the issuer's key")]
     BadSignature,
+    #[error("the certificate's key is not an ECDSA P-256 key: {0}")]
+    NotP256(String),
 }
 
 /// One parsed X.509 certificate, with the exact DER bytes it was read from.
@@ -234,19 +236,41 @@ impl Certificate {
     }
 
     /// Verifies this certificate's signature with `issuer`'s key (RSA PKCS#1 v1.5 with SHA-256,
-    /// -384 or -512; SHA-1 and MD5 are refused).
+    /// -384 or -512, or ECDSA P-256 with SHA-256; SHA-1 and MD5 are refused).
     pub fn verify_signed_by(&self, issuer: &Certificate) -> Result<(), CertificateError> {
         let tbs = self
             .cert
             .tbs_certificate
             .to_der()
             .map_err(|e| CertificateError::Der(e.to_string()))?;
-        verify_rsa(
-            &self.cert.signature_algorithm.oid.to_string(),
-            &tbs,
-            self.cert.signature.raw_bytes(),
-            &issuer.rsa_public_key()?,
-        )
+        let algorithm = self.cert.signature_algorithm.oid.to_string();
+        let signature = self.cert.signature.raw_bytes();
+        if algorithm == ECDSA_WITH_SHA256 {
+            return verify_p256(&tbs, signature, &issuer.p256_public_key()?);
+        }
+        verify_rsa(&algorithm, &tbs, signature, &issuer.rsa_public_key()?)
+    }
+
+    /// The certificate's ECDSA P-256 public key (the OTA signer's and its CAs').
+    pub fn p256_public_key(&self) -> Result<p256::ecdsa::VerifyingKey, CertificateError> {
+        use p256::pkcs8::DecodePublicKey as _;
+        let spki = self
+            .cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|e| CertificateError::Der(e.to_string()))?;
+        p256::ecdsa::VerifyingKey::from_public_key_der(&spki)
+            .map_err(|e| CertificateError::NotP256(e.to_string()))
+    }
+
+    /// The ExtendedKeyUsage purposes, as dotted OIDs (empty without the extension).
+    pub fn extended_key_usages(&self) -> Vec<String> {
+        use x509_cert::ext::pkix::ExtendedKeyUsage;
+        self.extension("2.5.29.37")
+            .and_then(|e| ExtendedKeyUsage::from_der(e.extn_value.as_bytes()).ok())
+            .map(|eku| eku.0.iter().map(|o| o.to_string()).collect())
+            .unwrap_or_default()
     }
 
     fn extension(&self, oid: &str) -> Option<&x509_cert::ext::Extension> {
@@ -317,6 +341,22 @@ fn name_values(name: &x509_cert::name::Name, oid: &str) -> Vec<String> {
         .filter(|atv| atv.oid.to_string() == oid)
         .filter_map(|atv| attribute_text(&atv.value))
         .collect()
+}
+
+/// ecdsa-with-SHA256 (RFC 5758).
+pub const ECDSA_WITH_SHA256: &str = "1.2.840.10045.4.3.2";
+
+/// An ECDSA P-256 signature (DER `Ecdsa-Sig-Value`) over SHA-256 of `signed`.
+pub fn verify_p256(
+    signed: &[u8],
+    signature: &[u8],
+    key: &p256::ecdsa::VerifyingKey,
+) -> Result<(), CertificateError> {
+    use p256::ecdsa::signature::Verifier;
+    let sig =
+        p256::ecdsa::Signature::from_der(signature).map_err(|_| CertificateError::BadSignature)?;
+    key.verify(signed, &sig)
+        .map_err(|_| CertificateError::BadSignature)
 }
 
 /// RSA PKCS#1 v1.5 over `signed` with the digest the algorithm OID names.

@@ -1,11 +1,15 @@
 //! The OTA building blocks against real peers and real files: our dm-verity trees against
-//! `veritysetup` (cryptsetup), and the A/B boot state with a power loss injected after every
+//! `veritysetup` (cryptsetup); the A/B boot state with a power loss injected after every
 //! write of an install and of a commit, on file-backed slots and a directory standing for the
-//! ESP, booted each time by a model of systemd-boot's boot counting.
+//! ESP, booted each time by a model of systemd-boot's boot counting; and signed bundles, made
+//! and installed by `drimbox ota` with a test PKI minted by openssl, cross-checked by
+//! `rauc info`, `openssl cms -verify` and `veritysetup verify`.
+
+mod common;
 
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use drimbox::ota::boot::{self, BootState, Floor, Slot, Step, Update, Version};
@@ -313,4 +317,707 @@ fn a_corrupted_block_is_caught_before_it_reaches_the_slot() {
         .map(|(i, _)| i)
         .collect();
     assert_eq!(bad, vec![10]);
+}
+
+// ---- Signed bundles -------------------------------------------------------------------------
+
+/// A P-256 key and certificate minted by openssl in `dir`: `<name>.key` (PKCS#8 PEM) and
+/// `<name>.pem`, issued by `<issuer>` (self-signed when `None`) with the extensions `ext`.
+fn mint_ec(dir: &Path, name: &str, issuer: Option<&str>, ext: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let subj = format!("/O=DRIMbox test/CN={name}");
+    fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    match issuer {
+        None => {
+            let mut args = vec!["req", "-x509"];
+            args.extend(ec);
+            let (key, pem, extfile) = (
+                format!("{name}.key"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+            );
+            args.extend([
+                "-keyout",
+                &key,
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-subj",
+                &subj,
+                "-extensions",
+                "v3",
+                "-config",
+            ]);
+            // req -x509 takes its extensions from a config section.
+            let config = format!("[req]\ndistinguished_name=dn\n[dn]\n[v3]\n{ext}");
+            fs::write(dir.join(&extfile), config).unwrap();
+            args.push(&extfile);
+            common::openssl(&args, dir);
+        }
+        Some(issuer) => {
+            let mut args = vec!["req", "-new"];
+            args.extend(ec);
+            let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            common::openssl(&args, dir);
+            common::openssl(
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    &format!("{issuer}.pem"),
+                    "-CAkey",
+                    &format!("{issuer}.key"),
+                    "-set_serial",
+                    &format!("{}", 1000 + name.len()),
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &format!("{name}.ext"),
+                    "-out",
+                    &format!("{name}.pem"),
+                ],
+                dir,
+            );
+        }
+    }
+}
+
+const CA_EXT: &str = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n";
+const SIGNER_EXT: &str =
+    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\n";
+
+/// The vendor's PKI: a root CA pinned in the box, an intermediate, a codeSigning signer under
+/// it; a signer without codeSigning; and a whole other CA with its own codeSigning signer.
+fn mint_update_pki(dir: &Path) {
+    mint_ec(dir, "update-ca", None, CA_EXT);
+    mint_ec(
+        dir,
+        "update-intermediate",
+        Some("update-ca"),
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign\n",
+    );
+    mint_ec(dir, "signer", Some("update-intermediate"), SIGNER_EXT);
+    mint_ec(
+        dir,
+        "tls-signer",
+        Some("update-intermediate"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    );
+    mint_ec(dir, "other-ca", None, CA_EXT);
+    mint_ec(dir, "other-signer", Some("other-ca"), SIGNER_EXT);
+}
+
+fn drimbox(args: &[&str]) -> std::process::Output {
+    Command::new(common::bin()).args(args).output().unwrap()
+}
+
+/// `drimbox ota bundle` of `image` signed by `signer` (intermediate carried).
+fn make_bundle(
+    dir: &Path,
+    out: &str,
+    image: &str,
+    version: &str,
+    epoch: u64,
+    signer: &str,
+) -> PathBuf {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let issuer = if signer.starts_with("other") {
+        "other-ca"
+    } else {
+        "update-intermediate"
+    };
+    let o = drimbox(&[
+        "ota",
+        "bundle",
+        "--image",
+        &p(image),
+        "--out",
+        &p(out),
+        "--version",
+        version,
+        "--epoch",
+        &epoch.to_string(),
+        "--cert",
+        &p(&format!("{signer}.pem")),
+        "--key",
+        &p(&format!("{signer}.key")),
+        "--intermediate",
+        &p(&format!("{issuer}.pem")),
+    ]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    dir.join(out)
+}
+
+/// (payload length, signature offset, signature length) from a bundle's trailer.
+fn spans(bundle: &[u8]) -> (usize, usize, usize) {
+    let n = bundle.len();
+    let cms = u64::from_be_bytes(bundle[n - 8..].try_into().unwrap()) as usize;
+    let manifest =
+        drimbox::ota::bundle::Manifest::parse(&signed_manifest(&bundle[n - 8 - cms..n - 8]))
+            .unwrap();
+    let sig = n - 8 - cms;
+    (sig - manifest.verity_size as usize, sig, cms)
+}
+
+/// The manifest a CMS carries, read by openssl without verifying.
+fn signed_manifest(cms: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("sig.der"), cms).unwrap();
+    let o = Command::new("openssl")
+        .args([
+            "cms",
+            "-verify",
+            "-noverify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            "sig.der",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn our_bundles_pass_rauc_openssl_and_veritysetup_and_we_verify_openssls_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mint_update_pki(d);
+    // An image that does not end on a block boundary: the payload is padded, the manifest
+    // keeps the true size and digest.
+    let image = payload(300, 7);
+    fs::write(d.join("root.erofs"), &image[..image.len() - 1000]).unwrap();
+    let path = make_bundle(d, "update.raucb", "root.erofs", "1.4.2", 3, "signer");
+    let bundle = fs::read(&path).unwrap();
+    let (payload_len, sig, cms_len) = spans(&bundle);
+
+    // RAUC reads our signature, chain and manifest (codeSigning purpose, as the box checks).
+    fs::write(
+        d.join("system.conf"),
+        format!(
+            "[system]\ncompatible=drimbox-x86_64\nbootloader=noop\n\n[keyring]\npath={}\ncheck-purpose=codesign\n",
+            d.join("update-ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new("rauc")
+        .args([
+            "info",
+            "--conf",
+            d.join("system.conf").to_str().unwrap(),
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .expect("rauc is installed by scripts/test");
+    let out = common::text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("'drimbox-x86_64'") && out.contains("'1.4.2'"),
+        "{out}"
+    );
+    assert!(out.contains("Bundle Format: \tverity"), "{out}");
+    assert!(
+        out.contains("Verified inline signature by 'O = DRIMbox test, CN = signer'"),
+        "{out}"
+    );
+    // And refuses the bundle when another CA is pinned.
+    let other = fs::read_to_string(d.join("system.conf"))
+        .unwrap()
+        .replace("update-ca.pem", "other-ca.pem");
+    fs::write(d.join("other.conf"), other).unwrap();
+    let o = Command::new("rauc")
+        .args([
+            "info",
+            "--conf",
+            d.join("other.conf").to_str().unwrap(),
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", common::text(&o));
+
+    // openssl verifies the CMS through the carried intermediate to the pinned root, and the
+    // content it yields is the manifest our verifier reads.
+    fs::write(d.join("sig.der"), &bundle[sig..sig + cms_len]).unwrap();
+    let o = Command::new("openssl")
+        .args([
+            "cms",
+            "-verify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            "sig.der",
+            "-CAfile",
+            "update-ca.pem",
+            "-purpose",
+            "any",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    let manifest =
+        drimbox::ota::bundle::Manifest::parse(&String::from_utf8(o.stdout).unwrap()).unwrap();
+    assert_eq!(manifest.version, Version::parse("1.4.2").unwrap());
+    assert_eq!(manifest.epoch, 3);
+    assert_eq!(manifest.image_size as usize, image.len() - 1000);
+    assert_eq!(payload_len, 300 * BLOCK);
+
+    // veritysetup checks the payload against the tree in the bundle, under the signed root.
+    let bundle_arg = path.to_str().unwrap();
+    let verify = |file: &str| {
+        veritysetup(&[
+            "verify",
+            "--no-superblock",
+            &format!("--hash-offset={payload_len}"),
+            &format!("--data-blocks={}", payload_len / BLOCK),
+            "--salt",
+            &hex(&manifest.verity_salt),
+            file,
+            file,
+            &hex(&manifest.verity_hash),
+        ])
+    };
+    let o = verify(bundle_arg);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut tampered = bundle.clone();
+    tampered[payload_len / 3] ^= 0x40;
+    fs::write(d.join("tampered.raucb"), &tampered).unwrap();
+    assert!(!verify(d.join("tampered.raucb").to_str().unwrap())
+        .status
+        .success());
+
+    // `drimbox ota verify` says the same, naming the signer and the version.
+    let o = drimbox(&[
+        "ota",
+        "verify",
+        bundle_arg,
+        "--keyring",
+        d.join("update-ca.pem").to_str().unwrap(),
+    ]);
+    let out = common::text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("signed by O=DRIMbox test, CN=signer") || out.contains("CN=signer"),
+        "{out}"
+    );
+    assert!(
+        out.contains("version: 1.4.2") && out.contains("300 blocks checked"),
+        "{out}"
+    );
+
+    // A signature openssl makes over a manifest, with the same signer, verifies with ours.
+    fs::write(d.join("manifest.raucm"), manifest.to_text()).unwrap();
+    common::openssl(
+        &[
+            "cms",
+            "-sign",
+            "-nodetach",
+            "-binary",
+            "-outform",
+            "DER",
+            "-md",
+            "sha256",
+            "-signer",
+            "signer.pem",
+            "-inkey",
+            "signer.key",
+            "-certfile",
+            "update-intermediate.pem",
+            "-in",
+            "manifest.raucm",
+            "-out",
+            "openssl.der",
+        ],
+        d,
+    );
+    let der = fs::read(d.join("openssl.der")).unwrap();
+    let anchors = [pem_certificate(&d.join("update-ca.pem"))];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let verified = drimbox::ota::cms::verify(&der, &anchors, now).unwrap();
+    assert_eq!(verified.content, manifest.to_text().as_bytes());
+    assert_eq!(verified.chain.len(), 3, "signer, intermediate, pinned CA");
+    // Three days on, the certificates (two days) have expired.
+    assert!(matches!(
+        drimbox::ota::cms::verify(&der, &anchors, now + 3 * 86400),
+        Err(drimbox::ota::cms::CmsError::Expired(_))
+    ));
+}
+
+fn pem_certificate(path: &Path) -> drimbox::pki::Certificate {
+    let pem = fs::read_to_string(path).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = drimbox::base64::decode(b64.as_bytes()).unwrap();
+    drimbox::pki::Certificate::from_der(&der).unwrap()
+}
+
+/// A box on files for `drimbox ota install`: the ESP (entries, slot A's kernel), two slot
+/// files, the floor.
+struct FileBox {
+    root: tempfile::TempDir,
+}
+
+const SLOT_BYTES: usize = 4 << 20;
+
+impl FileBox {
+    fn new(floor: Option<(&str, u64)>) -> FileBox {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("esp").join(boot::ENTRIES_DIR)).unwrap();
+        fs::create_dir_all(r.join("esp/EFI/drimbox")).unwrap();
+        fs::write(r.join("esp/EFI/drimbox/linux-a.efi"), b"the slot A kernel").unwrap();
+        let image = payload(SLOT_BLOCKS, 1);
+        fs::write(r.join("root-a"), &image).unwrap();
+        fs::write(r.join("root-b"), payload(SLOT_BYTES / BLOCK, 2)).unwrap();
+        let update = Update {
+            options: "root=/dev/dm-0 ro rootfstype=erofs dm-mod.waitfor=PARTUUID=ddc28169-cfdc-482a-9883-c2d4255377c1 \
+                      dm-mod.create=\"drimbox-root,,,ro,0 512 verity 1 PARTUUID=ddc28169-cfdc-482a-9883-c2d4255377c1 PARTUUID=ddc28169-cfdc-482a-9883-c2d4255377c1 4096 4096 64 65 sha256 00 11\" \
+                      console=ttyS0,115200 systemd.gpt_auto=0"
+                .into(),
+            ..update_of(&image, "1.0", 1)
+        };
+        boot::apply(
+            &r.join("esp"),
+            &Step::WriteEntry {
+                name: "drimbox-a.conf".into(),
+                body: boot::entry_body(Slot::A, &update),
+            },
+        )
+        .unwrap();
+        if let Some((v, e)) = floor {
+            fs::create_dir_all(r.join("data/ota")).unwrap();
+            fs::write(
+                r.join("data/ota/floor"),
+                format!("version={v}\nepoch={e}\n"),
+            )
+            .unwrap();
+        }
+        FileBox { root }
+    }
+
+    fn path(&self, p: &str) -> String {
+        self.root.path().join(p).to_str().unwrap().to_string()
+    }
+
+    fn args(&self, running: &str) -> Vec<String> {
+        [
+            "--esp",
+            &self.path("esp"),
+            "--slot-a",
+            &self.path("root-a"),
+            "--slot-b",
+            &self.path("root-b"),
+            "--floor",
+            &self.path("data/ota/floor"),
+            "--running",
+            running,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn ota(
+        &self,
+        command: &str,
+        bundle: Option<&Path>,
+        keyring: &Path,
+        running: &str,
+    ) -> std::process::Output {
+        let mut args = vec!["ota".to_string(), command.to_string()];
+        if let Some(b) = bundle {
+            args.push(b.to_str().unwrap().into());
+            args.extend(["--keyring".into(), keyring.to_str().unwrap().into()]);
+        }
+        args.extend(self.args(running));
+        Command::new(common::bin()).args(&args).output().unwrap()
+    }
+
+    /// Everything an install may write: the ESP's files and both slots.
+    fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.root.path().to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else {
+                    out.push((p.clone(), fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+#[test]
+fn bad_bundles_are_refused_by_name_before_a_byte_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mint_update_pki(d);
+    fs::write(d.join("root.erofs"), payload(200, 9)).unwrap();
+    let good = make_bundle(d, "good.raucb", "root.erofs", "2.0", 2, "signer");
+    let bytes = fs::read(&good).unwrap();
+    let (payload_len, sig, cms_len) = spans(&bytes);
+    let keyring = d.join("update-ca.pem");
+    let write = |name: &str, b: &[u8]| {
+        fs::write(d.join(name), b).unwrap();
+        d.join(name)
+    };
+
+    let mut bad_signature = bytes.clone();
+    // The ECDSA signature value ends the CMS (no unsigned attributes): its last byte.
+    bad_signature[sig + cms_len - 1] ^= 1;
+    let mut bad_manifest = bytes.clone();
+    let text_at = sig
+        + bytes[sig..sig + cms_len]
+            .windows(7)
+            .position(|w| w == b"version")
+            .unwrap();
+    bad_manifest[text_at + 8] ^= 1; // "version=2.0" -> "version=3.0": the digest no longer matches
+    let mut tampered = bytes.clone();
+    tampered[payload_len - 5000] ^= 0x80;
+    let truncated = &bytes[..bytes.len() - 100];
+    let big = payload(SLOT_BYTES / BLOCK + 1, 3);
+    fs::write(d.join("big.erofs"), &big).unwrap();
+
+    // (what, bundle, the box's floor, what the refusal says)
+    type Case<'a> = (&'a str, PathBuf, Option<(&'a str, u64)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "bad signature",
+            write("sig.raucb", &bad_signature),
+            None,
+            "signature value does not verify",
+        ),
+        (
+            "manifest changed",
+            write("manifest.raucb", &bad_manifest),
+            None,
+            "digest is not the signed one",
+        ),
+        (
+            "untrusted signer",
+            make_bundle(d, "other.raucb", "root.erofs", "2.0", 2, "other-signer"),
+            None,
+            "does not chain to a pinned CA",
+        ),
+        (
+            "no codeSigning",
+            make_bundle(d, "tls.raucb", "root.erofs", "2.0", 2, "tls-signer"),
+            None,
+            "lacks the codeSigning purpose",
+        ),
+        (
+            "older version",
+            make_bundle(d, "old.raucb", "root.erofs", "0.9", 2, "signer"),
+            None,
+            "version 0.9 is not newer than the installed 1.0",
+        ),
+        (
+            "same as the floor",
+            good.clone(),
+            Some(("2.0", 1)),
+            "version 2.0 is not newer than the installed 2.0",
+        ),
+        (
+            "lower epoch",
+            good.clone(),
+            Some(("1.0", 5)),
+            "security epoch 2 is below the floor 5",
+        ),
+        (
+            "truncated",
+            write("truncated.raucb", truncated),
+            None,
+            "signature size",
+        ),
+        (
+            "tampered payload",
+            write("tampered.raucb", &tampered),
+            None,
+            "hash tree",
+        ),
+        (
+            "too big for the slot",
+            make_bundle(d, "big.raucb", "big.erofs", "2.0", 2, "signer"),
+            None,
+            "the update needs",
+        ),
+    ];
+    for (what, bundle, floor, says) in cases {
+        let b = FileBox::new(floor);
+        let before = b.snapshot();
+        let o = b.ota("install", Some(&bundle), &keyring, "a");
+        let out = common::text(&o);
+        assert_eq!(o.status.code(), Some(1), "{what}: {out}");
+        assert!(
+            out.contains("refused") && out.contains(says),
+            "{what}: {out}"
+        );
+        assert!(b.snapshot() == before, "{what}: the box changed");
+    }
+
+    // A wrong compatible string (a bundle for another product).
+    let b = FileBox::new(None);
+    let before = b.snapshot();
+    let mut args = vec![
+        "ota",
+        "install",
+        good.to_str().unwrap(),
+        "--keyring",
+        keyring.to_str().unwrap(),
+        "--compatible",
+        "drimbox-arm64",
+    ];
+    let rest = b.args("a");
+    args.extend(rest.iter().map(String::as_str));
+    let o = drimbox(&args);
+    let out = common::text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("the bundle is for \"drimbox-x86_64\", this box is \"drimbox-arm64\""),
+        "{out}"
+    );
+    assert!(b.snapshot() == before);
+    // An update started from a slot the ESP does not boot.
+    let o = b.ota("install", Some(&good), &keyring, "b");
+    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    assert!(
+        common::text(&o).contains("the running slot b has no boot entry"),
+        "{}",
+        common::text(&o)
+    );
+}
+
+#[test]
+fn an_installed_bundle_boots_on_trial_and_a_commit_blesses_it_and_raises_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mint_update_pki(d);
+    let image = payload(200, 5);
+    fs::write(d.join("root.erofs"), &image[..image.len() - 123]).unwrap();
+    let bundle = make_bundle(d, "update.raucb", "root.erofs", "1.1", 2, "signer");
+    let keyring = d.join("update-ca.pem");
+    let b = FileBox::new(None);
+    let slot_a_before = fs::read(b.path("root-a")).unwrap();
+
+    let o = b.ota("install", Some(&bundle), &keyring, "a");
+    let out = common::text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("installed 1.1 (epoch 2) into slot b"), "{out}");
+    assert_eq!(
+        fs::read(b.path("root-a")).unwrap(),
+        slot_a_before,
+        "the running slot is untouched"
+    );
+    assert_eq!(
+        fs::read(b.path("esp/EFI/drimbox/linux-b.efi")).unwrap(),
+        b"the slot A kernel"
+    );
+
+    // The entry on trial, and the slot as its kernel command line will map it: veritysetup
+    // checks the written slot with the table's parameters.
+    let entries: Vec<String> = fs::read_dir(b.path("esp/loader/entries"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        entries.contains(&"drimbox-b+3.conf".to_string()),
+        "{entries:?}"
+    );
+    let body = fs::read_to_string(b.path("esp/loader/entries/drimbox-b+3.conf")).unwrap();
+    let options = boot::entry_options(&body).unwrap();
+    let table = options.split('"').nth(1).unwrap();
+    let t: Vec<&str> = table.split(' ').collect();
+    // drimbox-root,,,ro,0 <sectors> verity 1 <dev> <dev> 4096 4096 <blocks> <hash start> sha256 <root> <salt>
+    assert_eq!(
+        t[4], "PARTUUID=dec92204-1190-4600-98e8-2e6e025a3fe4",
+        "{table}"
+    );
+    assert_eq!(t[8], "200");
+    assert!(
+        options.contains("console=ttyS0,115200") && options.contains("drimbox.slot=b"),
+        "{options}"
+    );
+    assert!(
+        !options.contains("ddc28169"),
+        "slot A's partition is not named: {options}"
+    );
+    let o = veritysetup(&[
+        "verify",
+        "--no-superblock",
+        &format!("--data-blocks={}", t[8]),
+        &format!("--hash-offset={}", t[9].parse::<usize>().unwrap() * BLOCK),
+        "--salt",
+        t[12],
+        &b.path("root-b"),
+        &b.path("root-b"),
+        t[11],
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(options.contains(&format!("roothash={}", t[11])));
+
+    let o = b.ota("status", None, &keyring, "a");
+    let out = common::text(&o);
+    assert!(
+        out.contains("slot b: 1.1 epoch 2, on trial, 3 tries left"),
+        "{out}"
+    );
+    assert!(
+        out.contains("next boot: slot b") && out.contains("floor: 0 epoch 0"),
+        "{out}"
+    );
+
+    // systemd-boot spends a try and boots B; the box is healthy: commit.
+    fs::rename(
+        b.path("esp/loader/entries/drimbox-b+3.conf"),
+        b.path("esp/loader/entries/drimbox-b+2-1.conf"),
+    )
+    .unwrap();
+    let o = b.ota("commit", None, &keyring, "b");
+    let out = common::text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("blessed: drimbox-b+2-1.conf -> drimbox-b.conf"),
+        "{out}"
+    );
+    assert!(out.contains("floor raised to 1.1 epoch 2"), "{out}");
+    assert_eq!(
+        fs::read_to_string(b.path("data/ota/floor")).unwrap(),
+        "version=1.1\nepoch=2\n"
+    );
+    // Committing again changes nothing; the same bundle is now refused.
+    let o = b.ota("commit", None, &keyring, "b");
+    assert!(
+        common::text(&o).contains("already blessed"),
+        "{}",
+        common::text(&o)
+    );
+    let o = b.ota("install", Some(&bundle), &keyring, "b");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        common::text(&o).contains("version 1.1 is not newer than the installed 1.1"),
+        "{}",
+        common::text(&o)
+    );
 }

@@ -204,6 +204,78 @@ pub fn entry_body(slot: Slot, update: &Update) -> String {
     )
 }
 
+/// The `options` line of an entry's body.
+pub fn entry_options(body: &str) -> Option<&str> {
+    body.lines()
+        .find_map(|l| l.trim().strip_prefix("options"))
+        .filter(|rest| rest.starts_with(char::is_whitespace))
+        .map(str::trim)
+}
+
+/// The slot-specific kernel options an entry carries (besides what [`entry_body`] appends).
+const SLOT_OPTIONS: [&str; 5] = [
+    "roothash=",
+    "drimbox.slot=",
+    "drimbox.epoch=",
+    "dm-mod.waitfor=",
+    "dm-mod.create=",
+];
+
+/// Splits a kernel command line as the kernel does: at blanks outside double quotes.
+fn cmdline_words(options: &str) -> Vec<&str> {
+    let mut words = Vec::new();
+    let mut start = None;
+    let mut quoted = false;
+    for (i, c) in options.char_indices() {
+        match (c, start) {
+            ('"', _) => {
+                quoted = !quoted;
+                start.get_or_insert(i);
+            }
+            (c, Some(s)) if c.is_whitespace() && !quoted => {
+                words.push(&options[s..i]);
+                start = None;
+            }
+            (c, None) if !c.is_whitespace() => start = Some(i),
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        words.push(&options[s..]);
+    }
+    words
+}
+
+/// The kernel options of a slot written by the installer: the running entry's options
+/// (console, watchdog, what the image was built with) with the slot-specific ones replaced by a
+/// dm-verity table over the target partition. The installer writes the tree right after the
+/// data (no superblock), so the hash tree starts at block `data_blocks`; any block that does not
+/// match it reads as an I/O error.
+pub fn slot_options(
+    running_options: &str,
+    partuuid: &str,
+    data_blocks: u64,
+    root_hash: &str,
+    salt_hex: &str,
+) -> String {
+    let dev = format!("PARTUUID={partuuid}");
+    let sectors = data_blocks * 8;
+    let mut words = vec![
+        format!("dm-mod.waitfor={dev}"),
+        format!(
+            "dm-mod.create=\"drimbox-root,,,ro,0 {sectors} verity 1 {dev} {dev} 4096 4096 \
+             {data_blocks} {data_blocks} sha256 {root_hash} {salt_hex}\""
+        ),
+    ];
+    words.extend(
+        cmdline_words(running_options)
+            .into_iter()
+            .filter(|w| !SLOT_OPTIONS.iter().any(|p| w.starts_with(p)))
+            .map(str::to_string),
+    );
+    words.join(" ")
+}
+
 fn parse_body(
     file: &str,
     slot: Slot,
@@ -519,6 +591,33 @@ mod tests {
             version: Version::parse(v).unwrap(),
             epoch,
         }
+    }
+
+    #[test]
+    fn slot_options_keep_the_running_options_and_replace_the_verity_table() {
+        let running = "root=/dev/dm-0 ro dm-mod.waitfor=PARTUUID=aaa \
+                       dm-mod.create=\"drimbox-root,,,ro,0 8 verity 1 PARTUUID=aaa PARTUUID=aaa 4096 4096 1 2 sha256 00 11\" \
+                       console=ttyS0,115200 roothash=00 drimbox.slot=a drimbox.epoch=1";
+        let new = slot_options(running, "bbb", 3, "cd", "ef");
+        assert_eq!(
+            cmdline_words(&new),
+            vec![
+                "dm-mod.waitfor=PARTUUID=bbb",
+                "dm-mod.create=\"drimbox-root,,,ro,0 24 verity 1 PARTUUID=bbb PARTUUID=bbb 4096 4096 3 3 sha256 cd ef\"",
+                "root=/dev/dm-0",
+                "ro",
+                "console=ttyS0,115200",
+            ]
+        );
+        // What entry_body then appends is read back from the entry.
+        let u = Update {
+            options: new,
+            ..update("2.0", 4)
+        };
+        let state =
+            BootState::from_entries([("drimbox-b+3.conf", entry_body(Slot::B, &u).as_str())])
+                .unwrap();
+        assert_eq!(state.b.unwrap().epoch, 4);
     }
 
     #[test]

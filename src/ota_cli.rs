@@ -1,0 +1,417 @@
+//! `drimbox ota ...`: the command line over [`drimbox::ota`]. Exit codes: 0 done, 1 refused
+//! (the bundle or the box's state says no), 2 a file or an option cannot be used.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use drimbox::ota::boot::{self, Slot, Version};
+use drimbox::ota::install::{self, Disk, InstallError};
+use drimbox::ota::{bundle, verity};
+use drimbox::pki::Certificate;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+
+/// Where the pinned update CA lives in the read-only root.
+const KEYRING: &str = "/etc/drimbox/ota-ca.pem";
+
+#[derive(clap::Args)]
+pub struct Where {
+    /// The mounted ESP.
+    #[arg(long)]
+    esp: Option<PathBuf>,
+    /// Slot A's device (default: the root-a partition).
+    #[arg(long)]
+    slot_a: Option<PathBuf>,
+    /// Slot B's device (default: the root-b partition).
+    #[arg(long)]
+    slot_b: Option<PathBuf>,
+    /// The version/epoch floor file (default /data/ota/floor).
+    #[arg(long)]
+    floor: Option<PathBuf>,
+    /// The running slot (default: drimbox.slot= on /proc/cmdline).
+    #[arg(long)]
+    running: Option<String>,
+}
+
+impl Where {
+    fn disk(&self) -> Disk {
+        let mut d = Disk::on_the_box();
+        let set = |v: &Option<PathBuf>, d: &mut PathBuf| {
+            if let Some(p) = v {
+                *d = p.clone();
+            }
+        };
+        set(&self.esp, &mut d.esp);
+        set(&self.slot_a, &mut d.slot_a);
+        set(&self.slot_b, &mut d.slot_b);
+        set(&self.floor, &mut d.floor);
+        d
+    }
+
+    fn running(&self) -> Result<Slot, String> {
+        match &self.running {
+            Some(s) => Slot::from_letter(s).ok_or(format!("--running `{s}`: a or b")),
+            None => {
+                let cmdline = std::fs::read_to_string("/proc/cmdline")
+                    .map_err(|e| format!("/proc/cmdline: {e}"))?;
+                install::running_slot(&cmdline).ok_or(
+                    "/proc/cmdline has no drimbox.slot=: not booted from a slot (give --running)"
+                        .into(),
+                )
+            }
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum OtaCmd {
+    /// Make a signed update bundle (vendor side): RAUC verity layout, ECDSA P-256 CMS signature.
+    Bundle {
+        /// The root filesystem image (erofs).
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = drimbox::ota::COMPATIBLE)]
+        compatible: String,
+        /// Dot-separated numbers, e.g. 1.4.2.
+        #[arg(long)]
+        version: String,
+        /// The security epoch: boxes refuse any later bundle with a lower one.
+        #[arg(long, default_value_t = 0)]
+        epoch: u64,
+        /// The signer's certificate (PEM), with the codeSigning extended key usage.
+        #[arg(long)]
+        cert: PathBuf,
+        /// The signer's private key (PEM PKCS#8, P-256). Never kept in the repository.
+        #[arg(long)]
+        key: PathBuf,
+        /// Intermediate CA certificates (PEM) carried in the signature.
+        #[arg(long)]
+        intermediate: Vec<PathBuf>,
+    },
+    /// Check a bundle completely (signature, chain, compatible, tree, every payload block)
+    /// without touching the box; print what it holds.
+    Verify {
+        bundle: PathBuf,
+        /// Pinned CA certificates (PEM).
+        #[arg(long, default_value = KEYRING)]
+        keyring: PathBuf,
+        #[arg(long, default_value = drimbox::ota::COMPATIBLE)]
+        compatible: String,
+        /// Verify at this time (RFC 3339) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Install a bundle into the inactive slot; it boots on trial at the next boot.
+    Install {
+        bundle: PathBuf,
+        #[arg(long, default_value = KEYRING)]
+        keyring: PathBuf,
+        #[arg(long, default_value = drimbox::ota::COMPATIBLE)]
+        compatible: String,
+        #[command(flatten)]
+        at: Where,
+        /// Reboot into the new slot once it is installed.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Bless the running slot and raise the floor (run once the box is healthy).
+    Commit {
+        #[command(flatten)]
+        at: Where,
+    },
+    /// The slots' entries, which one boots next, a failed update, the floor.
+    Status {
+        #[command(flatten)]
+        at: Where,
+    },
+}
+
+fn usage(command: &str, m: impl std::fmt::Display) -> ExitCode {
+    eprintln!("drimbox ota {command}: {m}");
+    ExitCode::from(2)
+}
+
+fn refused(command: &str, m: impl std::fmt::Display) -> ExitCode {
+    eprintln!("drimbox ota {command}: refused: {m}");
+    ExitCode::from(1)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn certificates(path: &Path) -> Result<Vec<Certificate>, String> {
+    let pem = read(path)?;
+    let mut out = Vec::new();
+    for der in CertificateDer::pem_slice_iter(&pem) {
+        let der = der.map_err(|e| format!("{}: {e}", path.display()))?;
+        out.push(Certificate::from_der(&der).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(out)
+}
+
+fn now() -> i64 {
+    drimbox::archive::now_ms() / 1000
+}
+
+/// An install failure that is the bundle's or the state's verdict (exit 1), not an I/O error.
+fn is_refusal(e: &InstallError) -> bool {
+    !matches!(e, InstallError::Io(..))
+}
+
+pub fn run(cmd: OtaCmd) -> ExitCode {
+    match cmd {
+        OtaCmd::Bundle {
+            image,
+            out,
+            compatible,
+            version,
+            epoch,
+            cert,
+            key,
+            intermediate,
+        } => make_bundle(
+            &image,
+            &out,
+            &compatible,
+            &version,
+            epoch,
+            &cert,
+            &key,
+            &intermediate,
+        ),
+        OtaCmd::Verify {
+            bundle,
+            keyring,
+            compatible,
+            at,
+        } => verify(&bundle, &keyring, &compatible, at.as_deref()),
+        OtaCmd::Install {
+            bundle,
+            keyring,
+            compatible,
+            at,
+            reboot,
+        } => install_bundle(&bundle, &keyring, &compatible, &at, reboot),
+        OtaCmd::Commit { at } => commit(&at),
+        OtaCmd::Status { at } => status(&at),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_bundle(
+    image: &Path,
+    out: &Path,
+    compatible: &str,
+    version: &str,
+    epoch: u64,
+    cert: &Path,
+    key: &Path,
+    intermediates: &[PathBuf],
+) -> ExitCode {
+    let c = "bundle";
+    let Some(version) = Version::parse(version) else {
+        return usage(
+            c,
+            format!("--version `{version}`: dot-separated numbers, e.g. 1.4.2"),
+        );
+    };
+    let inputs = (|| -> Result<_, String> {
+        let image_bytes = read(image)?;
+        let signer = certificates(cert)?.remove(0);
+        let key_pem = read(key)?;
+        let key_der = PrivatePkcs8KeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| format!("{}: not a PEM PKCS#8 private key: {e}", key.display()))?;
+        let mut chain = Vec::new();
+        for p in intermediates {
+            chain.extend(certificates(p)?);
+        }
+        let mut salt = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut salt))
+            .map_err(|e| format!("/dev/urandom: {e}"))?;
+        Ok((image_bytes, signer, key_der, chain, salt))
+    })();
+    let (image_bytes, signer, key_der, chain, salt) = match inputs {
+        Ok(i) => i,
+        Err(e) => return usage(c, e),
+    };
+    let file_name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root.img".into());
+    let built = bundle::build(&bundle::BundleInput {
+        image: &image_bytes,
+        image_file: &file_name,
+        compatible,
+        version: version.clone(),
+        epoch,
+        salt: &salt,
+        signer: &signer,
+        intermediates: &chain,
+        pkcs8_key: key_der.secret_pkcs8_der(),
+        signing_time: now() as u64,
+    });
+    let bytes = match built {
+        Ok(b) => b,
+        Err(e) => return usage(c, e),
+    };
+    // Whole or nothing: a bundle that is half there must not look like one.
+    let tmp = out.with_extension("partial");
+    let written = std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, out));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return usage(c, format!("{}: {e}", out.display()));
+    }
+    println!(
+        "{}: {compatible} {version} epoch {epoch}, {} image bytes, signed by {}",
+        out.display(),
+        image_bytes.len(),
+        signer.subject()
+    );
+    ExitCode::SUCCESS
+}
+
+fn verify(path: &Path, keyring: &Path, compatible: &str, at: Option<&str>) -> ExitCode {
+    let c = "verify";
+    let anchors = match certificates(keyring) {
+        Ok(a) => a,
+        Err(e) => return usage(c, e),
+    };
+    let at = match at {
+        None => now(),
+        Some(t) => match drimbox::status::parse_rfc3339(t) {
+            Some(u) => u,
+            None => return usage(c, format!("--at `{t}` is not an RFC 3339 time")),
+        },
+    };
+    match install::check_bundle(path, &anchors, at, compatible, true) {
+        Ok(o) => {
+            let m = &o.manifest;
+            println!("signature: ok, signed by {}", o.signer);
+            println!("compatible: {}", m.compatible);
+            println!("version: {}", m.version);
+            println!("security epoch: {}", m.epoch);
+            println!("image: {} ({} bytes)", m.image_file, m.image_size);
+            println!("verity root hash: {}", verity::hex(&m.verity_hash));
+            println!(
+                "payload: {} blocks checked against the tree, image SHA-256 ok",
+                o.payload_len / verity::BLOCK as u64
+            );
+            ExitCode::SUCCESS
+        }
+        Err(InstallError::Io(what, e)) => usage(c, format!("{what}: {e}")),
+        Err(e) => refused(c, e),
+    }
+}
+
+fn install_bundle(
+    path: &Path,
+    keyring: &Path,
+    compatible: &str,
+    at: &Where,
+    reboot: bool,
+) -> ExitCode {
+    let c = "install";
+    let anchors = match certificates(keyring) {
+        Ok(a) => a,
+        Err(e) => return usage(c, e),
+    };
+    let running = match at.running() {
+        Ok(r) => r,
+        Err(e) => return usage(c, e),
+    };
+    match install::install(&at.disk(), path, &anchors, now(), compatible, running) {
+        Ok(i) => {
+            println!(
+                "installed {} (epoch {}) into slot {}: entry {} boots on trial next",
+                i.version, i.epoch, i.slot, i.entry
+            );
+            if reboot {
+                let status = std::process::Command::new("systemctl")
+                    .arg("reboot")
+                    .status();
+                if !status.is_ok_and(|s| s.success()) {
+                    return usage(c, "installed, but `systemctl reboot` failed");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if is_refusal(&e) => refused(c, e),
+        Err(e) => usage(c, e),
+    }
+}
+
+fn commit(at: &Where) -> ExitCode {
+    let c = "commit";
+    let running = match at.running() {
+        Ok(r) => r,
+        Err(e) => return usage(c, e),
+    };
+    match install::commit(&at.disk(), running) {
+        Ok(steps) if steps.is_empty() => {
+            println!("slot {running}: already blessed, floor already raised");
+            ExitCode::SUCCESS
+        }
+        Ok(steps) => {
+            for s in steps {
+                match s {
+                    boot::Step::RenameEntry { from, to } => println!("blessed: {from} -> {to}"),
+                    boot::Step::RaiseFloor(f) => {
+                        println!("floor raised to {} epoch {}", f.version, f.epoch)
+                    }
+                    other => println!("{other:?}"),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if is_refusal(&e) => refused(c, e),
+        Err(e) => usage(c, e),
+    }
+}
+
+fn status(at: &Where) -> ExitCode {
+    let c = "status";
+    let disk = at.disk();
+    let state = match boot::read(&disk.esp) {
+        Ok(s) => s,
+        Err(e) => return usage(c, e),
+    };
+    let floor = match install::read_floor(&disk.floor) {
+        Ok(f) => f,
+        Err(e) => return usage(c, e),
+    };
+    for slot in [Slot::A, Slot::B] {
+        match state.entry(slot) {
+            None => println!("slot {slot}: no entry"),
+            Some(e) => {
+                let trial = match e.tries {
+                    None => "good".to_string(),
+                    Some((0, _)) => "failed: out of tries".to_string(),
+                    Some((left, _)) => format!("on trial, {left} tries left"),
+                };
+                println!(
+                    "slot {slot}: {} epoch {}, {trial} ({})",
+                    e.version,
+                    e.epoch,
+                    e.file_name()
+                );
+            }
+        }
+    }
+    match state.chosen() {
+        Some(e) => println!("next boot: slot {}", e.slot),
+        None => println!("next boot: no bootable entry"),
+    }
+    if let Some(e) = state.failed_update() {
+        println!("failed update: {} in slot {}", e.version, e.slot);
+    }
+    println!("floor: {} epoch {}", floor.version, floor.epoch);
+    ExitCode::SUCCESS
+}
