@@ -210,6 +210,7 @@ fn update_of(image: &[u8], version: &str, epoch: u64) -> Update {
         epoch,
         root_hash: hex(&tree.root_hash),
         options: "console=ttyS0 ro".into(),
+        initrd: false,
     }
 }
 
@@ -975,7 +976,7 @@ fn an_installed_bundle_boots_on_trial_and_a_commit_blesses_it_and_raises_the_flo
         t[11],
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(options.contains(&format!("roothash={}", t[11])));
+    assert!(options.contains(&format!("drimbox.roothash={}", t[11])));
 
     let o = b.ota("status", None, &keyring, "a");
     let out = common::text(&o);

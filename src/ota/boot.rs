@@ -159,6 +159,9 @@ pub struct Update {
     pub root_hash: String,
     /// The rest of the kernel command line (verity table, console...), slot-specific.
     pub options: String,
+    /// Whether the slot boots with an initramfs (`initrd-<slot>.img` beside its kernel): the
+    /// test image's Debian kernel does, the production kernel does not.
+    pub initrd: bool,
 }
 
 /// The entries of both slots.
@@ -196,12 +199,23 @@ pub fn entry_body(slot: Slot, update: &Update) -> String {
          version {version}\n\
          sort-key drimbox\n\
          linux /EFI/drimbox/linux-{slot}.efi\n\
-         options {options} roothash={root} drimbox.slot={slot} drimbox.epoch={epoch}\n",
+         {initrd}\
+         options {options} drimbox.roothash={root} drimbox.slot={slot} drimbox.epoch={epoch}\n",
+        initrd = if update.initrd {
+            format!("initrd /EFI/drimbox/initrd-{slot}.img\n")
+        } else {
+            String::new()
+        },
         version = update.version,
         options = update.options,
         root = update.root_hash,
         epoch = update.epoch,
     )
+}
+
+/// Whether an entry's body boots with an initramfs.
+pub fn entry_has_initrd(body: &str) -> bool {
+    body.lines().any(|l| l.trim().starts_with("initrd "))
 }
 
 /// The `options` line of an entry's body.
@@ -213,8 +227,10 @@ pub fn entry_options(body: &str) -> Option<&str> {
 }
 
 /// The slot-specific kernel options an entry carries (besides what [`entry_body`] appends).
+/// The root hash is `drimbox.roothash=`, not systemd's `roothash=`: that one would make the
+/// test image's initramfs set up a verity device of its own.
 const SLOT_OPTIONS: [&str; 5] = [
-    "roothash=",
+    "drimbox.roothash=",
     "drimbox.slot=",
     "drimbox.epoch=",
     "dm-mod.waitfor=",
@@ -310,9 +326,9 @@ fn parse_body(
     let epoch = option("drimbox.epoch")
         .and_then(|e| e.parse().ok())
         .ok_or_else(|| bad("no drimbox.epoch= number"))?;
-    let root_hash = option("roothash")
+    let root_hash = option("drimbox.roothash")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| bad("no roothash= of 64 hexadecimal digits"))?
+        .ok_or_else(|| bad("no drimbox.roothash= of 64 hexadecimal digits"))?
         .to_string();
     Ok(Entry {
         slot,
@@ -575,6 +591,7 @@ mod tests {
             epoch,
             root_hash: "ab".repeat(32),
             options: "ro".into(),
+            initrd: false,
         }
     }
 
@@ -597,7 +614,7 @@ mod tests {
     fn slot_options_keep_the_running_options_and_replace_the_verity_table() {
         let running = "root=/dev/dm-0 ro dm-mod.waitfor=PARTUUID=aaa \
                        dm-mod.create=\"drimbox-root,,,ro,0 8 verity 1 PARTUUID=aaa PARTUUID=aaa 4096 4096 1 2 sha256 00 11\" \
-                       console=ttyS0,115200 roothash=00 drimbox.slot=a drimbox.epoch=1";
+                       console=ttyS0,115200 drimbox.roothash=00 drimbox.slot=a drimbox.epoch=1";
         let new = slot_options(running, "bbb", 3, "cd", "ef");
         assert_eq!(
             cmdline_words(&new),

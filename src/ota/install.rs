@@ -236,6 +236,7 @@ pub fn install(
             &root_hash,
             &hex(&m.verity_salt),
         ),
+        initrd: boot::entry_has_initrd(&body),
     };
     let steps = state.plan_install(running, &floor, &update)?;
     // A whole pass over the payload first, so that a tampered block is refused before the
@@ -327,20 +328,23 @@ fn write_slot(
     Ok(())
 }
 
-/// The bundle carries the root only: the new slot boots the kernel the running one booted.
+/// The bundle carries the root only: the new slot boots the kernel (and initramfs) the running
+/// one booted, copied beside it under the slot's names.
 fn copy_kernel(esp: &Path, from: Slot, to: Slot) -> Result<(), InstallError> {
     let dir = esp.join("EFI/drimbox");
-    let source = dir.join(format!("linux-{from}.efi"));
-    if !source.exists() {
-        return Ok(());
+    for (name, ext) in [("linux", "efi"), ("initrd", "img")] {
+        let source = dir.join(format!("{name}-{from}.{ext}"));
+        if !source.exists() {
+            continue;
+        }
+        let dest = dir.join(format!("{name}-{to}.{ext}"));
+        let tmp = dir.join(format!(".{name}-{to}.{ext}.tmp"));
+        fs::copy(&source, &tmp).map_err(io(&tmp))?;
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&tmp))?;
+        fs::rename(&tmp, &dest).map_err(io(&dest))?;
     }
-    let dest = dir.join(format!("linux-{to}.efi"));
-    let tmp = dir.join(format!(".linux-{to}.efi.tmp"));
-    fs::copy(&source, &tmp).map_err(io(&tmp))?;
-    fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io(&tmp))?;
-    fs::rename(&tmp, &dest).map_err(io(&dest))?;
     fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(io(&dir))
