@@ -37,6 +37,15 @@ PARTLABEL=data	/data	ext4	defaults,noatime,nodev,nosuid,noexec,nofail,x-systemd.
 EOF
 fi
 
+# --- /tmp and /var/tmp: memory, not the read-only root --------------------------------------
+# systemd sets up a unit's PrivateDevices= /dev and PrivateTmp= directories under them: on the
+# read-only root drimbox.service would fail to start (226/NAMESPACE, seen booting the test image).
+for dir in /tmp /var/tmp; do
+    if ! grep -Eq "^[^#]*[[:space:]]${dir}[[:space:]]" "$fstab"; then
+        printf 'tmpfs\t%s\ttmpfs\tmode=1777,nosuid,nodev,size=64M\t0\t0\n' "$dir" >>"$fstab"
+    fi
+done
+
 # --- machine-id on a read-only /etc --------------------------------------------------------
 # An empty file: systemd generates a transient machine ID at every boot and mounts it over
 # /etc/machine-id (machine-id(5)); this is not "first boot" (that is the "uninitialized" value,

@@ -17,6 +17,10 @@
 #   DRIMBOX_SYSTEMD_BOOT   systemd-boot EFI binary  [$1/efi-part/EFI/BOOT/bootx64.efi]
 #   DRIMBOX_GENIMAGE_CFG   genimage configuration   [genimage.cfg beside this script]
 #   DRIMBOX_EXTRA_CMDLINE  appended to the kernel command line
+#   DRIMBOX_INITRD         an initramfs for the kernel (the test image's Debian kernel needs
+#                          one; the production kernel does not)
+#   DRIMBOX_VERSION        the image's version, dot-separated numbers   [0.1.0]
+#   DRIMBOX_SECURITY_EPOCH the image's security epoch                   [0]
 #   TARGET_DIR, BUILD_DIR  set by Buildroot: used to check the users table against sysusers.d
 # Tools on PATH (Buildroot's host tools are): veritysetup, genimage, mkdosfs, mcopy, mmd,
 # mke2fs, and mkfs.erofs when rootfs.erofs has to be made; python3 for the hash tree self-check.
@@ -128,7 +132,7 @@ if [ ! -f "$ROOTFS" ]; then
     need mkfs.erofs
     log "making $ROOTFS from $src"
     # Fixed timestamp and UUID: the same tree gives the same image, hence the same root hash.
-    mkfs.erofs -zlz4hc -T "${SOURCE_DATE_EPOCH:-0}" -U 00000000-0000-0000-0000-000000000000 \
+    mkfs.erofs --quiet -zlz4hc -T "${SOURCE_DATE_EPOCH:-0}" -U 00000000-0000-0000-0000-000000000000 \
         "$ROOTFS" "$src"
 fi
 
@@ -163,9 +167,16 @@ mv "$VERITY.tmp" "$VERITY"
 printf '%s\n' "$root_hash" >"$IMAGES/roothash"
 log "root hash $root_hash ($data_blocks data blocks)"
 
+VERSION=${DRIMBOX_VERSION:-0.1.0}
+EPOCH=${DRIMBOX_SECURITY_EPOCH:-0}
+printf '%s\n' "$VERSION" | grep -Eq '^[0-9]+(\.[0-9]+)*$' ||
+    die "DRIMBOX_VERSION=$VERSION: dot-separated numbers"
+printf '%s\n' "$EPOCH" | grep -Eq '^[0-9]+$' || die "DRIMBOX_SECURITY_EPOCH=$EPOCH: a number"
+
 # --- 3. ESP: systemd-boot, kernel, slot A entry ----------------------------------------------
 # No initramfs: the kernel creates /dev/dm-0 from the table (dm-init), after waiting for the
-# partition to appear (NVMe, USB probe asynchronously). The table: <start> <sectors> verity
+# partition to appear (NVMe, USB probe asynchronously). The test image's initramfs does the same
+# from the same arguments (scripts/image/dracut/90drimbox-dminit). The table: <start> <sectors> verity
 # <version> <data dev> <hash dev> <data block> <hash block> <data blocks> <hash start> <alg>
 # <root hash> <salt>. Any block that does not match the tree reads as an I/O error.
 table="0 $((size / 512)) verity 1 PARTUUID=$ROOT_UUID PARTUUID=$ROOT_UUID $BLOCK $BLOCK"
@@ -183,20 +194,28 @@ rm -rf "$ESP"
 mkdir -p "$ESP/EFI/BOOT" "$ESP/EFI/drimbox" "$ESP/loader/entries"
 cp "$SYSTEMD_BOOT" "$ESP/EFI/BOOT/BOOTX64.EFI"
 cp "$KERNEL" "$ESP/EFI/drimbox/linux-a.efi"
+initrd_line=
+if [ -n "${DRIMBOX_INITRD:-}" ]; then
+    [ -f "$DRIMBOX_INITRD" ] || die "DRIMBOX_INITRD=$DRIMBOX_INITRD: no such file"
+    cp "$DRIMBOX_INITRD" "$ESP/EFI/drimbox/initrd-a.img"
+    initrd_line="initrd /EFI/drimbox/initrd-a.img
+"
+fi
 # editor no: nobody at the keyboard may change the kernel command line (init=/bin/sh, or a
-# different root hash). timeout 0: no menu unless a key is held at boot.
+# different root hash). timeout 0: no menu unless a key is held at boot. No default: systemd-boot
+# boots the first entry in its order, which puts entries out of tries last and the newest version
+# first; that is the A/B logic (src/ota/boot.rs).
 cat >"$ESP/loader/loader.conf" <<'EOF'
-default drimbox-a.conf
 timeout 0
 editor no
 auto-entries no
 auto-firmware no
 EOF
-cat >"$ESP/loader/entries/drimbox-a.conf" <<EOF
-title   DRIMbox (slot A)
-linux   /EFI/drimbox/linux-a.efi
-options $cmdline
-EOF
+# The entry as src/ota/boot.rs (entry_body) writes and reads them: an update's installer finds
+# the running version, epoch and options here.
+printf 'title DRIMbox %s (slot a)\nversion %s\nsort-key drimbox\nlinux /EFI/drimbox/linux-a.efi\n%soptions %s drimbox.roothash=%s drimbox.slot=a drimbox.epoch=%s\n' \
+    "$VERSION" "$VERSION" "$initrd_line" "$cmdline" "$root_hash" "$EPOCH" \
+    >"$ESP/loader/entries/drimbox-a.conf"
 
 cat >"$IMAGES/drimbox-image.txt" <<EOF
 root_partuuid=$ROOT_UUID
