@@ -308,22 +308,28 @@ fn sysctl_file_parses() {
     }
 }
 
-/// The image scripts (Buildroot's post-build/post-image, the vendoring helper) pass shellcheck:
-/// Buildroot cannot run here, so this is what CI can check of them.
+/// The image scripts (Buildroot's post-build/post-image, the vendoring helper, the test image's
+/// build and boot scripts and its dracut module) pass shellcheck: Buildroot cannot run here, so
+/// this is what CI can check of the production scripts beyond the test image's use of them.
 #[test]
 fn image_scripts_pass_shellcheck() {
-    let scripts: Vec<PathBuf> = ["buildroot/board/drimbox", "buildroot/package/drimbox"]
-        .iter()
-        .flat_map(|d| {
-            std::fs::read_dir(repo(d))
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-        })
-        .filter(|p| p.extension().is_some_and(|e| e == "sh"))
-        .collect();
+    let mut scripts: Vec<PathBuf> = [
+        "buildroot/board/drimbox",
+        "buildroot/package/drimbox",
+        "scripts/image/dracut/90drimbox-dminit",
+    ]
+    .iter()
+    .flat_map(|d| {
+        std::fs::read_dir(repo(d))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+    })
+    .filter(|p| p.extension().is_some_and(|e| e == "sh"))
+    .collect();
+    scripts.extend([repo("scripts/build-image"), repo("scripts/test-image")]);
     assert!(
-        scripts.len() >= 3,
+        scripts.len() >= 7,
         "expected the image scripts, found {scripts:?}"
     );
     let o = Command::new("shellcheck")
