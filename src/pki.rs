@@ -187,13 +187,17 @@ impl Certificate {
         self.cert.tbs_certificate.serial_number.as_bytes()
     }
 
-    pub fn rsa_public_key(&self) -> Result<RsaPublicKey, CertificateError> {
-        let spki = self
-            .cert
+    /// The SubjectPublicKeyInfo's DER, which the key types decode.
+    fn spki_der(&self) -> Result<Vec<u8>, CertificateError> {
+        self.cert
             .tbs_certificate
             .subject_public_key_info
             .to_der()
-            .map_err(|e| CertificateError::Der(e.to_string()))?;
+            .map_err(|e| CertificateError::Der(e.to_string()))
+    }
+
+    pub fn rsa_public_key(&self) -> Result<RsaPublicKey, CertificateError> {
+        let spki = self.spki_der()?;
         RsaPublicKey::from_public_key_der(&spki)
             .map_err(|e| CertificateError::NotRsa(e.to_string()))
     }
@@ -254,12 +258,7 @@ impl Certificate {
     /// The certificate's ECDSA P-256 public key (the OTA signer's and its CAs').
     pub fn p256_public_key(&self) -> Result<p256::ecdsa::VerifyingKey, CertificateError> {
         use p256::pkcs8::DecodePublicKey as _;
-        let spki = self
-            .cert
-            .tbs_certificate
-            .subject_public_key_info
-            .to_der()
-            .map_err(|e| CertificateError::Der(e.to_string()))?;
+        let spki = self.spki_der()?;
         p256::ecdsa::VerifyingKey::from_public_key_der(&spki)
             .map_err(|e| CertificateError::NotP256(e.to_string()))
     }

@@ -173,13 +173,24 @@ pub fn check_bundle(
     compatible: &str,
     whole: bool,
 ) -> Result<Opened, InstallError> {
-    let file = fs::File::open(path).map_err(io(path))?;
-    let len = file.metadata().map_err(io(path))?.len();
-    let opened = bundle::open(len, read_at(&file), anchors, at, compatible)?;
+    let (file, opened) = open_bundle(path, anchors, at, compatible)?;
     if whole {
         bundle::check_payload(&opened, read_at(&file), |_, _| {})?;
     }
     Ok(opened)
+}
+
+/// The bundle file, its signature, manifest and tree checked ([`bundle::open`]).
+fn open_bundle(
+    path: &Path,
+    anchors: &[Certificate],
+    at: i64,
+    compatible: &str,
+) -> Result<(fs::File, Opened), InstallError> {
+    let file = fs::File::open(path).map_err(io(path))?;
+    let len = file.metadata().map_err(io(path))?.len();
+    let opened = bundle::open(len, read_at(&file), anchors, at, compatible)?;
+    Ok((file, opened))
 }
 
 /// What an install did.
@@ -206,9 +217,7 @@ pub fn install(
     compatible: &str,
     running: Slot,
 ) -> Result<Installed, InstallError> {
-    let file = fs::File::open(path).map_err(io(path))?;
-    let len = file.metadata().map_err(io(path))?.len();
-    let opened = bundle::open(len, read_at(&file), anchors, at, compatible)?;
+    let (file, opened) = open_bundle(path, anchors, at, compatible)?;
     let state = boot::read(&disk.esp)?;
     let floor = read_floor(&disk.floor)?;
     let target = running.other();
