@@ -10,7 +10,7 @@ use drimbox::ota::install::{self, Disk, InstallError};
 use drimbox::ota::{bundle, verity};
 use drimbox::pki::Certificate;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::PrivatePkcs8KeyDer;
 
 /// Where the pinned update CA lives in the read-only root.
 const KEYRING: &str = "/etc/drimbox/ota-ca.pem";
@@ -144,12 +144,8 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 fn certificates(path: &Path) -> Result<Vec<Certificate>, String> {
-    let pem = read(path)?;
-    let mut out = Vec::new();
-    for der in CertificateDer::pem_slice_iter(&pem) {
-        let der = der.map_err(|e| format!("{}: {e}", path.display()))?;
-        out.push(Certificate::from_der(&der).map_err(|e| format!("{}: {e}", path.display()))?);
-    }
+    let out = drimbox::pki::certificates_from_pem(&read(path)?)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if out.is_empty() {
         return Err(format!("{}: no certificate in it", path.display()));
     }

@@ -10,6 +10,18 @@ use rsa::pkcs8::DecodePublicKey;
 use rsa::RsaPublicKey;
 use x509_cert::der::{Decode, Encode, Tag, Tagged};
 
+/// Every certificate of a PEM text, in order; the reason for the first one that is not
+/// usable (bad PEM, bad DER). An empty list is the caller's to judge.
+pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<Certificate>, String> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(|der| {
+            let der = der.map_err(|e| e.to_string())?;
+            Certificate::from_der(&der).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CertificateError {
     #[error("the certificate is not valid DER X.509: {0}")]

@@ -663,10 +663,9 @@ fn our_bundles_pass_rauc_openssl_and_veritysetup_and_we_verify_openssls_signatur
 }
 
 fn pem_certificate(path: &Path) -> drimbox::pki::Certificate {
-    let pem = fs::read_to_string(path).unwrap();
-    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = drimbox::base64::decode(b64.as_bytes()).unwrap();
-    drimbox::pki::Certificate::from_der(&der).unwrap()
+    drimbox::pki::certificates_from_pem(&fs::read(path).unwrap())
+        .unwrap()
+        .remove(0)
 }
 
 /// A box on files for `drimbox ota install`: the ESP (entries, slot A's kernel), two slot

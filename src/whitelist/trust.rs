@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+use rustls::pki_types::CertificateRevocationListDer;
 
 use super::verify::Trust;
 use crate::config::WhitelistConfig;
@@ -32,14 +32,8 @@ pub enum TrustError {
 }
 
 fn certificates_in(pem: &[u8], what: &Path) -> Result<Vec<Certificate>, TrustError> {
-    let mut out = Vec::new();
-    for der in CertificateDer::pem_slice_iter(pem) {
-        let der = der.map_err(|e| TrustError::File(what.into(), e.to_string()))?;
-        out.push(
-            Certificate::from_der(&der)
-                .map_err(|e| TrustError::File(what.into(), e.to_string()))?,
-        );
-    }
+    let out =
+        crate::pki::certificates_from_pem(pem).map_err(|e| TrustError::File(what.into(), e))?;
     if out.is_empty() {
         return Err(TrustError::Empty(what.into()));
     }
