@@ -250,3 +250,123 @@ fn services_run_as_their_own_users_and_the_separation_is_real() {
         text(&o)
     );
 }
+
+/// The supervisor as systemd starts it: root holding only the unit's CapabilityBoundingSet=.
+/// With that, it must still kill a wedged service and stop them all, though they run as other
+/// users (root needs CAP_KILL for that: without it a stop waited for systemd's SIGKILL).
+#[test]
+fn with_only_the_units_capabilities_the_supervisor_restarts_and_stops_its_services() {
+    assert!(
+        is_root(),
+        "this test runs the supervisor as root (scripts/test does)"
+    );
+    let sysusers = repo().join("overlay/usr/lib/sysusers.d/drimbox.conf");
+    let o = Command::new("systemd-sysusers")
+        .arg(&sysusers)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "systemd-sysusers: {}", text(&o));
+    let unit = fs::read_to_string(repo().join("systemd/drimbox.service")).unwrap();
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("drimbox.service has a CapabilityBoundingSet=")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert!(!caps.is_empty());
+
+    // Without CAP_CHOWN the supervisor cannot lay out its directories: systemd does, on the box
+    // (RuntimeDirectory= for the run directory, the tmpfiles.d entries for the data).
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let tmpfiles = fs::read_to_string(repo().join("overlay/usr/lib/tmpfiles.d/drimbox.conf"))
+        .unwrap()
+        .replace("/data/drimbox", data.to_str().unwrap());
+    let tmpfiles_conf = dir.path().join("tmpfiles.conf");
+    fs::write(&tmpfiles_conf, tmpfiles).unwrap();
+    let o = Command::new("systemd-tmpfiles")
+        .arg("--create")
+        .arg(&tmpfiles_conf)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "systemd-tmpfiles: {}", text(&o));
+    let run = dir.path().join("run");
+    fs::create_dir(&run).unwrap();
+    let box_gid = drimbox::supervisor::sandbox::lookup_group("drimbox").unwrap();
+    std::os::unix::fs::chown(&run, Some(0), Some(box_gid)).unwrap();
+    fs::set_permissions(&run, fs::Permissions::from_mode(0o750)).unwrap();
+    let mut b = DrimBox::start_in(
+        dir,
+        data,
+        Settings {
+            run_as_service_users: true,
+            heartbeat_timeout_seconds: 3,
+            wrapper: vec![
+                "setpriv".into(),
+                format!("--bounding-set=-all,{}", caps.join(",")),
+                "--inh-caps=-all".into(),
+                "--".into(),
+            ],
+            ..Settings::default()
+        },
+    );
+    let supervisor = b.supervisor_pid().unwrap() as i32;
+    let bounding = u64::from_str_radix(&proc_status(supervisor, "CapBnd"), 16).unwrap();
+    assert_eq!(
+        bounding.count_ones() as usize,
+        caps.len(),
+        "the supervisor runs with more than the unit's capabilities ({bounding:x})"
+    );
+    assert_eq!(
+        proc_status(supervisor, "CapEff"),
+        proc_status(supervisor, "CapBnd")
+    );
+
+    // A wedged receiver (stopped: alive, silent) is killed and restarted.
+    let receiver = b.service_pid("receiver").unwrap();
+    unsafe {
+        libc::kill(receiver, libc::SIGSTOP);
+    }
+    let restarted = b.wait_service_restarted("receiver", receiver);
+    assert_ne!(restarted, receiver);
+    assert!(
+        !Path::new(&format!("/proc/{receiver}")).exists(),
+        "the wedged receiver is still there:\n{}",
+        b.log()
+    );
+    b.wait_ready();
+
+    // SIGTERM: every service stops (by the supervisor's own signals, not a later SIGKILL).
+    let services: Vec<i32> = [
+        "archive",
+        "receiver",
+        "hl7",
+        "publisher",
+        "whitelist",
+        "status",
+    ]
+    .iter()
+    .map(|n| {
+        b.service_pid(n)
+            .unwrap_or_else(|| panic!("{n} not running"))
+    })
+    .collect();
+    b.stop();
+    for pid in services {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "service {pid} survived the stop:\n{}",
+            b.log()
+        );
+    }
+    let log = b.log();
+    assert!(!log.contains("cannot send"), "{log}");
+    for name in ["archive", "receiver", "status"] {
+        assert!(
+            log.contains(&format!("supervisor: {name} stopped")),
+            "{log}"
+        );
+    }
+}

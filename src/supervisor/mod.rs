@@ -341,6 +341,8 @@ impl Supervisor {
             sockets,
             identity: self.identities.as_ref().map(|ids| ids.of(name).clone()),
             max_open_files: 4096,
+            // SAFETY: getpid(2) cannot fail.
+            parent: unsafe { libc::getpid() },
         };
         let mut cmd = Command::new(&self.exe);
         cmd.arg("service")
@@ -596,7 +598,9 @@ impl Supervisor {
                 {
                     log::error!("{} still wedged; killing it", s.name);
                     s.wedged_at = None;
-                    let _ = child.kill();
+                    if let Err(e) = child.kill() {
+                        log_signal_failure(s.name, "SIGKILL", &e);
+                    }
                 }
             }
         }
@@ -631,8 +635,8 @@ fn shutdown(services: &mut [Service]) {
     for s in services.iter_mut().rev() {
         if let Some(child) = s.child.as_mut() {
             // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            if unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) } != 0 {
+                log_signal_failure(s.name, "SIGTERM", &std::io::Error::last_os_error());
             }
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -642,7 +646,9 @@ fn shutdown(services: &mut [Service]) {
                         std::thread::sleep(Duration::from_millis(20))
                     }
                     _ => {
-                        let _ = child.kill();
+                        if let Err(e) = child.kill() {
+                            log_signal_failure(s.name, "SIGKILL", &e);
+                        }
                         let _ = child.wait();
                         break;
                     }
@@ -651,6 +657,20 @@ fn shutdown(services: &mut [Service]) {
             log::info!("{} stopped", s.name);
         }
     }
+}
+
+/// A child that runs as its own user can be signalled by the root supervisor only with
+/// CAP_KILL (kill(2): the sender's uid must otherwise match the target's): without it a wedged
+/// service is never restarted and a stop waits for systemd's SIGKILL. Said loudly, once per try.
+fn log_signal_failure(service: &str, signal: &str, e: &std::io::Error) {
+    log::error!(
+        "cannot send {signal} to {service}: {e}{}",
+        if e.raw_os_error() == Some(libc::EPERM) {
+            " (the supervisor needs CAP_KILL to signal services running as their own users)"
+        } else {
+            ""
+        }
+    );
 }
 
 /// A jitter draw in [0, 1) without a random-number dependency: the clock's nanoseconds.

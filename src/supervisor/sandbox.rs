@@ -3,13 +3,15 @@
 //! unit-tested) in the supervisor; the steps are a short, fixed, auditable list.
 //!
 //! Steps, in this order (each only async-signal-safe calls, no allocation):
-//! 1. `PR_SET_PDEATHSIG`: the child dies with the supervisor (no orphan after a `kill -9`).
-//! 2. descriptors: the health pipe to fd 3, the sockets the supervisor opened for it to 4, 5, …
-//! 3. `umask 027`: files it creates are not world-readable.
-//! 4. resource limits: no core dumps (a core would hold patient data), a file-descriptor ceiling.
-//! 5. identity, when the supervisor runs as root: supplementary groups, then gid, then uid (in
+//! 1. descriptors: the health pipe to fd 3, the sockets the supervisor opened for it to 4, 5, …
+//! 2. `umask 027`: files it creates are not world-readable.
+//! 3. resource limits: no core dumps (a core would hold patient data), a file-descriptor ceiling.
+//! 4. identity, when the supervisor runs as root: supplementary groups, then gid, then uid (in
 //!    that order: once the uid is dropped the others can no longer be changed). A non-root uid
 //!    clears every capability set; the unit's bounding set already excludes all but three.
+//! 5. `PR_SET_PDEATHSIG`: the child dies with the supervisor (no orphan after a `kill -9`).
+//!    After the identity change, which clears it (prctl(2)); and if the supervisor is already
+//!    gone by then, the start is abandoned.
 //! 6. `PR_SET_NO_NEW_PRIVS`: nothing it executes can gain privileges again.
 
 use std::ffi::CString;
@@ -36,6 +38,8 @@ pub struct Plan {
     pub sockets: Vec<RawFd>,
     pub identity: Option<Identity>,
     pub max_open_files: u64,
+    /// The supervisor's pid: the parent the child must still have once the death signal is set.
+    pub parent: libc::pid_t,
 }
 
 /// The user a service runs as on the box: `drimbox-<service>` (overlay/usr/lib/sysusers.d).
@@ -114,7 +118,6 @@ impl Plan {
         // SAFETY (whole block): plain syscalls on our own process, with arguments that live for
         // the duration of each call.
         unsafe {
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM))?;
             // Descriptors: the targets may collide with the sources, so move every source out of
             // the way first (above any target), then into place.
             let top = FIRST_SOCKET_FD + self.sockets.len() as RawFd + 64;
@@ -148,6 +151,10 @@ impl Plan {
                 if libc::getuid() != id.uid || libc::geteuid() != id.uid || libc::setuid(0) == 0 {
                     return Err(std::io::Error::other("privilege drop did not hold"));
                 }
+            }
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM))?;
+            if libc::getppid() != self.parent {
+                return Err(std::io::Error::other("the supervisor is gone"));
             }
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         }

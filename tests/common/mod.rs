@@ -63,6 +63,8 @@ pub struct Settings {
     pub probe_args: Vec<String>,
     /// Appended to the generated configuration (e.g. a `[publication]` section).
     pub extra_config: String,
+    /// A command `drimbox run` is started under (e.g. `setpriv` with the unit's capabilities).
+    pub wrapper: Vec<String>,
 }
 
 impl Default for Settings {
@@ -83,6 +85,7 @@ impl Default for Settings {
             status_tls: None,
             probe_args: Vec::new(),
             extra_config: String::new(),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -103,6 +106,7 @@ pub struct DrimBox {
     probe_args: Vec<String>,
     env: Vec<(String, String)>,
     no_wait: bool,
+    wrapper: Vec<String>,
 }
 
 impl DrimBox {
@@ -172,6 +176,7 @@ impl DrimBox {
             probe_args: s.probe_args.clone(),
             env: s.env.clone(),
             no_wait: s.no_wait,
+            wrapper: s.wrapper.clone(),
             data_dir,
             config_path,
             port,
@@ -195,7 +200,15 @@ impl DrimBox {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let child = Command::new(bin())
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&self.config_path)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
