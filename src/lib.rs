@@ -8,6 +8,7 @@ pub mod control;
 pub mod dicom;
 pub mod dmp;
 pub mod exam;
+pub mod health;
 pub mod hl7;
 pub mod ipc;
 pub mod kos;

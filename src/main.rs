@@ -64,6 +64,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The health verdict that gates boot-complete.target (and so an update's commit): every
+    /// service ready by the supervisor's account, and a self-test (archive socket, C-ECHO, the
+    /// other listeners). Exit 0 healthy, 1 not healthy within --within seconds.
+    Health {
+        #[command(flatten)]
+        target: Target,
+        /// Keep looking this long for the box to become healthy (0: one look).
+        #[arg(long, default_value_t = 0)]
+        within: u64,
+    },
     /// One study as the archive knows it (UIDs and counts, no patient data), as JSON.
     Study {
         study_uid: String,
@@ -305,6 +315,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Service { name, config } => service(&name, &config),
         Cmd::Ota { command } => Ok(ota_cli::run(command)),
         Cmd::Status { target, json } => status(&target, json),
+        Cmd::Health { target, within } => health(&target, within),
         Cmd::Study { study_uid, target } => study(&target, &study_uid),
         Cmd::Exams { target, json } => exams(&target, json),
         Cmd::Whitelist {
@@ -924,6 +935,29 @@ fn status(target: &Target, json: bool) -> Result<ExitCode> {
         drimbox::status::model::Verdict::Degraded => 1,
         drimbox::status::model::Verdict::Failing => 2,
     }))
+}
+
+fn health(target: &Target, within: u64) -> Result<ExitCode> {
+    let config = parse_config(&target.config_path())?;
+    let verdict =
+        drimbox::health::wait_healthy(&config, Duration::from_secs(within), Duration::from_secs(2));
+    let (observation, problems) = match verdict {
+        Ok(o) => (o, Vec::new()),
+        Err((o, p)) => (o, p),
+    };
+    for p in &observation.probes {
+        if p.outcome.is_ok() {
+            println!("ok: {}", p.what);
+        }
+    }
+    if problems.is_empty() {
+        println!("healthy");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &problems {
+        println!("not healthy: {p}");
+    }
+    Ok(ExitCode::from(1))
 }
 
 fn study(target: &Target, study_uid: &str) -> Result<ExitCode> {

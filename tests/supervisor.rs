@@ -256,3 +256,66 @@ fn sd_notify_ready_watchdog_wedge_and_stopping() {
         "{msgs:?}"
     );
 }
+
+/// `drimbox health`, the verdict that gates boot-complete.target (and so an update's commit):
+/// every service ready by the supervisor's account, and the self-test against the real box.
+#[test]
+fn the_health_verdict_follows_the_box() {
+    // An allow-list without the self-test's AE title: the receiver's rejection still answers.
+    let mut b = DrimBox::start(Settings {
+        calling_ae_titles: vec!["MODALITY1".into()],
+        ..Settings::default()
+    });
+    let config = b.config_path.clone();
+    let health = |within: &str| {
+        std::process::Command::new(bin())
+            .args(["health", "--within", within, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let o = health("0");
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    for probe in [
+        "ok: archive (reader socket)",
+        &format!("ok: receiver C-ECHO on 127.0.0.1:{}", b.port),
+        &format!("ok: HL7 listener on 127.0.0.1:{}", b.hl7_port),
+        &format!("ok: status page on 127.0.0.1:{}", b.status_port),
+    ] {
+        assert!(out.contains(probe), "{probe}: {out}");
+    }
+    assert!(
+        String::from_utf8_lossy(&o.stdout).ends_with("\nhealthy\n"),
+        "{out}"
+    );
+
+    // Stopped: every shortfall named, exit 1.
+    b.stop();
+    let o = health("0");
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("not healthy: the supervisor is not running (no health record)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "not healthy: receiver C-ECHO on 127.0.0.1:{}: association",
+            b.port
+        )),
+        "{out}"
+    );
+
+    // A verdict asked while the box starts waits for it (--within), as the unit does at boot.
+    let waiting = std::process::Command::new(bin())
+        .args(["health", "--within", "60", "--config"])
+        .arg(&b.config_path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    b.launch();
+    let o = waiting.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}

@@ -85,6 +85,10 @@ impl Command {
     pub fn affected_sop_instance(&self) -> Option<String> {
         self.uid(0x1000)
     }
+    /// Status (0000,0900) of a response.
+    pub fn status(&self) -> Option<u16> {
+        self.u16(0x0900)
+    }
     pub fn has_data_set(&self) -> bool {
         self.u16(0x0800).is_some_and(|v| v != NO_DATA_SET)
     }
@@ -130,6 +134,19 @@ impl Response<'_> {
     }
 }
 
+/// A C-ECHO-RQ command set (the box's own self-test is its only user: the box is an SCP).
+pub fn echo_request(message_id: u16) -> Vec<u8> {
+    let mut body = Vec::with_capacity(64);
+    put(&mut body, 0x0002, &uid_bytes(VERIFICATION));
+    put(&mut body, 0x0100, &C_ECHO_RQ.to_le_bytes());
+    put(&mut body, 0x0110, &message_id.to_le_bytes());
+    put(&mut body, 0x0800, &NO_DATA_SET.to_le_bytes());
+    let mut out = Vec::with_capacity(body.len() + 12);
+    put(&mut out, 0x0000, &(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 fn uid_bytes(uid: &str) -> Vec<u8> {
     let mut v = uid.as_bytes().to_vec();
     if v.len() % 2 == 1 {
@@ -148,6 +165,16 @@ fn put(out: &mut Vec<u8>, elem: u16, value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echo_request_decodes_back() {
+        let c = Command::decode(&echo_request(42)).unwrap();
+        assert_eq!(c.command_field(), Ok(C_ECHO_RQ));
+        assert_eq!(c.message_id(), Ok(42));
+        assert_eq!(c.affected_sop_class().as_deref(), Some(VERIFICATION));
+        assert!(!c.has_data_set());
+        assert_eq!(c.status(), None);
+    }
 
     #[test]
     fn response_decodes_back() {
