@@ -200,6 +200,9 @@ pub struct Hl7Tls {
     pub client_ca: Option<PathBuf>,
 }
 
+/// Where `drimbox ota` writes the update state for the status page (beside the floor).
+pub const DEFAULT_UPDATE_STATE: &str = "/data/ota/state.json";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusConfig {
     /// Where the status page, `/status.json` and `/metrics` are served (plain HTTP, read-only).
@@ -209,6 +212,8 @@ pub struct StatusConfig {
     pub disk_warn_percent: u8,
     /// Serve HTTPS with this certificate instead of plain HTTP.
     pub tls: Option<StatusTls>,
+    /// The update state the OTA commands write (`drimbox ota`), shown in the page's OTA section.
+    pub update_state: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -504,6 +509,9 @@ impl Config {
         let disk_warn = r
             .opt_int(&mut st, "status", "disk_warn_percent", 1, 100)
             .unwrap_or(Some(85));
+        let update_state = r
+            .opt_path(&mut st, "status", "update_state")
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_UPDATE_STATE));
         let status_tls = match st.remove("tls") {
             None => Some(None),
             Some(v) => {
@@ -590,6 +598,7 @@ impl Config {
                 port: status_port.expect("checked"),
                 disk_warn_percent: disk_warn.expect("checked") as u8,
                 tls: status_tls.expect("checked"),
+                update_state,
             },
             publication,
             dmp,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use drimbox::ota::boot::{self, Slot, Version};
 use drimbox::ota::install::{self, Disk, InstallError};
-use drimbox::ota::{bundle, verity};
+use drimbox::ota::{bundle, report, verity};
 use drimbox::pki::Certificate;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivatePkcs8KeyDer;
@@ -122,6 +122,16 @@ pub enum OtaCmd {
         #[command(flatten)]
         at: Where,
     },
+    /// Called when the health verdict fails (drimbox-unhealthy.service): on a slot on trial,
+    /// reboot, which spends a try (systemd-boot then tries again or falls back to the other
+    /// slot); on a committed slot, nothing (there is nothing to fall back to).
+    Unhealthy {
+        #[command(flatten)]
+        at: Where,
+        /// Reboot when on trial (without it, only say what would be done).
+        #[arg(long)]
+        reboot: bool,
+    },
     /// The slots' entries, which one boots next, a failed update, the floor.
     Status {
         #[command(flatten)]
@@ -196,6 +206,7 @@ pub fn run(cmd: OtaCmd) -> ExitCode {
             reboot,
         } => install_bundle(&bundle, &keyring, &compatible, &at, reboot),
         OtaCmd::Commit { at } => commit(&at),
+        OtaCmd::Unhealthy { at, reboot } => unhealthy(&at, reboot),
         OtaCmd::Status { at } => status(&at),
     }
 }
@@ -329,13 +340,9 @@ fn install_bundle(
                 "installed {} (epoch {}) into slot {}: entry {} boots on trial next",
                 i.version, i.epoch, i.slot, i.entry
             );
-            if reboot {
-                let status = std::process::Command::new("systemctl")
-                    .arg("reboot")
-                    .status();
-                if !status.is_ok_and(|s| s.success()) {
-                    return usage(c, "installed, but `systemctl reboot` failed");
-                }
+            record_state(&at.disk(), Some(running));
+            if reboot && !systemctl_reboot() {
+                return usage(c, "installed, but `systemctl reboot` failed");
             }
             ExitCode::SUCCESS
         }
@@ -350,7 +357,11 @@ fn commit(at: &Where) -> ExitCode {
         Ok(r) => r,
         Err(e) => return usage(c, e),
     };
-    match install::commit(&at.disk(), running) {
+    let committed = install::commit(&at.disk(), running);
+    if committed.is_ok() {
+        record_state(&at.disk(), Some(running));
+    }
+    match committed {
         Ok(steps) if steps.is_empty() => {
             println!("slot {running}: already blessed, floor already raised");
             ExitCode::SUCCESS
@@ -372,6 +383,64 @@ fn commit(at: &Where) -> ExitCode {
     }
 }
 
+fn unhealthy(at: &Where, reboot: bool) -> ExitCode {
+    let c = "unhealthy";
+    let running = match at.running() {
+        Ok(r) => r,
+        Err(e) => return usage(c, e),
+    };
+    let disk = at.disk();
+    let state = match boot::read(&disk.esp) {
+        Ok(s) => s,
+        Err(e) => return usage(c, e),
+    };
+    record_state(&disk, Some(running));
+    match state.entry(running) {
+        Some(e) if e.tries.is_some() => {
+            println!(
+                "slot {running} ({}) is on trial and not healthy: {}",
+                e.version,
+                if reboot {
+                    "rebooting (a try spent)"
+                } else {
+                    "a reboot would spend a try (--reboot)"
+                }
+            );
+            if reboot && !systemctl_reboot() {
+                return usage(c, "`systemctl reboot` failed");
+            }
+        }
+        _ => println!(
+            "slot {running} is committed and not healthy: not rebooting (nothing to fall back to)"
+        ),
+    }
+    ExitCode::SUCCESS
+}
+
+fn systemctl_reboot() -> bool {
+    std::process::Command::new("systemctl")
+        .arg("reboot")
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Rewrites the update state the status page shows. Never fails the command that changed the
+/// state: a summary not written is said, and rewritten at the next boot's commit.
+fn record_state(disk: &Disk, running: Option<Slot>) {
+    let written = (|| -> Result<(), String> {
+        let state = boot::read(&disk.esp).map_err(|e| e.to_string())?;
+        let floor = install::read_floor(&disk.floor).map_err(|e| e.to_string())?;
+        let summary = report::describe(&state, &floor, running, now() * 1000);
+        let path = report::state_path(&disk.floor);
+        let group =
+            drimbox::supervisor::sandbox::lookup_group(drimbox::supervisor::sandbox::BOX_GROUP);
+        report::write(&path, &summary, group).map_err(|e| format!("{}: {e}", path.display()))
+    })();
+    if let Err(e) = written {
+        eprintln!("drimbox ota: the update state for the status page was not written: {e}");
+    }
+}
+
 fn status(at: &Where) -> ExitCode {
     let c = "status";
     let disk = at.disk();
@@ -386,19 +455,13 @@ fn status(at: &Where) -> ExitCode {
     for slot in [Slot::A, Slot::B] {
         match state.entry(slot) {
             None => println!("slot {slot}: no entry"),
-            Some(e) => {
-                let trial = match e.tries {
-                    None => "good".to_string(),
-                    Some((0, _)) => "failed: out of tries".to_string(),
-                    Some((left, _)) => format!("on trial, {left} tries left"),
-                };
-                println!(
-                    "slot {slot}: {} epoch {}, {trial} ({})",
-                    e.version,
-                    e.epoch,
-                    e.file_name()
-                );
-            }
+            Some(e) => println!(
+                "slot {slot}: {} epoch {}, {} ({})",
+                e.version,
+                e.epoch,
+                report::entry_state(Some(e)),
+                e.file_name()
+            ),
         }
     }
     match state.chosen() {

@@ -283,7 +283,10 @@ fn with_only_the_units_capabilities_the_supervisor_restarts_and_stops_its_servic
     let data = dir.path().join("data");
     let tmpfiles = fs::read_to_string(repo().join("overlay/usr/lib/tmpfiles.d/drimbox.conf"))
         .unwrap()
-        .replace("/data/drimbox", data.to_str().unwrap());
+        .lines()
+        .filter(|l| l.contains("/data/drimbox"))
+        .map(|l| l.replace("/data/drimbox", data.to_str().unwrap()) + "\n")
+        .collect::<String>();
     let tmpfiles_conf = dir.path().join("tmpfiles.conf");
     fs::write(&tmpfiles_conf, tmpfiles).unwrap();
     let o = Command::new("systemd-tmpfiles")

@@ -988,12 +988,30 @@ fn an_installed_bundle_boots_on_trial_and_a_commit_blesses_it_and_raises_the_flo
         "{out}"
     );
 
-    // systemd-boot spends a try and boots B; the box is healthy: commit.
+    // The install recorded the update state for the status page.
+    let state = |b: &FileBox| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(b.path("data/ota/state.json")).unwrap()).unwrap()
+    };
+    let s = state(&b);
+    assert_eq!(s["running"], "a", "{s}");
+    assert_eq!(s["slots"][1]["state"], "on trial, 3 tries left", "{s}");
+    assert_eq!(s["next_boot"], "b", "{s}");
+
+    // systemd-boot spends a try and boots B.
     fs::rename(
         b.path("esp/loader/entries/drimbox-b+3.conf"),
         b.path("esp/loader/entries/drimbox-b+2-1.conf"),
     )
     .unwrap();
+    // Were it not healthy: on trial, a reboot spends the try (the unit passes --reboot).
+    let o = b.ota("unhealthy", None, &keyring, "b");
+    let out = common::text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("slot b (1.1) is on trial and not healthy: a reboot would spend a try"),
+        "{out}"
+    );
+    // It is healthy: commit.
     let o = b.ota("commit", None, &keyring, "b");
     let out = common::text(&o);
     assert!(o.status.success(), "{out}");
@@ -1005,6 +1023,19 @@ fn an_installed_bundle_boots_on_trial_and_a_commit_blesses_it_and_raises_the_flo
     assert_eq!(
         fs::read_to_string(b.path("data/ota/floor")).unwrap(),
         "version=1.1\nepoch=2\n"
+    );
+    let s = state(&b);
+    assert_eq!(
+        (&s["running"], &s["slots"][1]["state"], &s["floor"]),
+        (&"b".into(), &"good".into(), &"1.1 epoch 2".into()),
+        "{s}"
+    );
+    // A committed slot that is not healthy is not rebooted: nothing to fall back to.
+    let o = b.ota("unhealthy", None, &keyring, "b");
+    assert!(
+        common::text(&o).contains("slot b is committed and not healthy: not rebooting"),
+        "{}",
+        common::text(&o)
     );
     // Committing again changes nothing; the same bundle is now refused.
     let o = b.ota("commit", None, &keyring, "b");

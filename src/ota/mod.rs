@@ -6,8 +6,10 @@
 //! write and in which order ([`boot`]). The effects: [`install`] performs those writes on the
 //! slots, the ESP and the floor, one durable write at a time; `drimbox ota` is its command line.
 //!
-//! Not built yet: the test image these run in, the health verdict that gates the commit at
-//! boot, and the status page's install form. See README ("Not built or tested here").
+//! [`report`] is the update state as the status page shows it (only root may read the ESP).
+//! At boot, `boot-complete.target` requires the health verdict (`crate::health`), and the
+//! commit runs only after it (systemd/drimbox-ota-commit.service).
+//! Not built yet: the status page's install form. See README ("Status of the roadmap").
 
 /// The compatible string of this box's bundles (RAUC's `[update] compatible`).
 pub const COMPATIBLE: &str = "drimbox-x86_64";
@@ -16,4 +18,5 @@ pub mod boot;
 pub mod bundle;
 pub mod cms;
 pub mod install;
+pub mod report;
 pub mod verity;

@@ -140,6 +140,11 @@ pub fn collect(config: &Config) -> Snapshot {
     );
     snapshot.whitelist = section;
     snapshot.wado = wado_section(config.wado.as_ref(), &snapshot.services);
+    let (section, mut ota_reasons) =
+        ota_section(crate::ota::report::read(&config.status.update_state));
+    snapshot.ota = section;
+    let mut reasons = reasons;
+    reasons.append(&mut ota_reasons);
     if !reasons.is_empty() && snapshot.verdict == Verdict::Ok {
         snapshot.verdict = Verdict::Degraded;
     }
@@ -175,6 +180,46 @@ pub fn collect(config: &Config) -> Snapshot {
         .unwrap_or_default();
     }
     snapshot
+}
+
+/// The OTA section, from the state the update commands wrote: the running slot and version,
+/// both slots, the floor; an update that failed and was rolled back is a degraded reason.
+pub fn ota_section(
+    state: Result<Option<crate::ota::report::UpdateState>, String>,
+) -> (Section, Vec<String>) {
+    match state {
+        Ok(None) => (
+            Section {
+                configured: false,
+                summary: "no update state yet (written by drimbox ota at boot and on each update)"
+                    .into(),
+                details: Vec::new(),
+            },
+            Vec::new(),
+        ),
+        Ok(Some(s)) => {
+            let problems = s.problems();
+            let mut details = problems.clone();
+            details.extend(s.details());
+            details.push(format!("as of {}", rfc3339(s.written_at_ms)));
+            (
+                Section {
+                    configured: true,
+                    summary: s.summary(),
+                    details,
+                },
+                problems,
+            )
+        }
+        Err(e) => (
+            Section {
+                configured: true,
+                summary: "update state unreadable".into(),
+                details: vec![e.clone()],
+            },
+            vec![format!("the update state cannot be read: {e}")],
+        ),
+    }
 }
 
 /// A list last verified longer ago than this is worth an operator's look (daily attempts, a
@@ -865,6 +910,48 @@ fn tls_config(tls: &crate::config::StatusTls) -> Result<Arc<rustls::ServerConfig
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ota_section_says_where_the_updates_stand() {
+        use crate::ota::report::{SlotLine, UpdateState};
+        let (section, reasons) = ota_section(Ok(None));
+        assert!(!section.configured && reasons.is_empty());
+        let state = UpdateState {
+            written_at_ms: 0,
+            running: Some("b".into()),
+            slots: vec![
+                SlotLine {
+                    slot: "a".into(),
+                    version: Some("1.2".into()),
+                    epoch: Some(1),
+                    state: "failed: out of tries".into(),
+                },
+                SlotLine {
+                    slot: "b".into(),
+                    version: Some("1.1".into()),
+                    epoch: Some(1),
+                    state: "good".into(),
+                },
+            ],
+            next_boot: Some("b".into()),
+            failed_update: Some(("1.2".into(), "a".into())),
+            floor: "1.1 epoch 1".into(),
+        };
+        let (section, reasons) = ota_section(Ok(Some(state)));
+        assert_eq!(section.summary, "running 1.1 from slot b, committed");
+        assert_eq!(
+            reasons,
+            ["the update to 1.2 failed (never healthy in slot a): the box went back to slot b"]
+        );
+        assert_eq!(section.details[0], reasons[0]);
+        assert!(section.details.contains(&"floor: 1.1 epoch 1".to_string()));
+        let (section, reasons) = ota_section(Err("/data/ota/state.json: denied".into()));
+        assert_eq!(section.summary, "update state unreadable");
+        assert_eq!(
+            reasons,
+            ["the update state cannot be read: /data/ota/state.json: denied"]
+        );
+    }
     use crate::status::model::ServiceStatus;
 
     fn svc(name: &str, state: ServiceState) -> ServiceStatus {
