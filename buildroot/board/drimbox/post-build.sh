@@ -17,6 +17,9 @@ die() {
 for f in usr/bin/drimbox \
     usr/lib/systemd/system/drimbox.service \
     etc/systemd/system/multi-user.target.wants/drimbox.service \
+    etc/systemd/system/boot-complete.target.requires/drimbox-health.service \
+    etc/systemd/system/multi-user.target.wants/drimbox-ota-commit.service \
+    usr/lib/systemd/system/drimbox-unhealthy.service \
     etc/drimbox/drimbox.toml \
     usr/lib/sysusers.d/drimbox.conf; do
     [ -e "$TARGET/$f" ] || [ -L "$TARGET/$f" ] || die "/$f is missing from the target"
@@ -34,6 +37,18 @@ if ! grep -Eq '^[^#]*[[:space:]]/data[[:space:]]' "$fstab"; then
     cat >>"$fstab" <<'EOF'
 # DRIMbox data partition: the archive (redb, DICOM store), keys, state. Never executed from.
 PARTLABEL=data	/data	ext4	defaults,noatime,nodev,nosuid,noexec,nofail,x-systemd.growfs	0	2
+EOF
+fi
+
+# --- /efi: the ESP, for the update commands and systemd-bless-boot ---------------------------
+# Mounted on first access only (automount), root only (umask), and unmounted again when idle, so
+# that a power loss almost never finds the FAT file system mounted. Never fsck'd at boot (pass 0):
+# the entries are replaced by rename, one at a time (src/ota/boot.rs).
+mkdir -p "$TARGET/efi"
+if ! grep -Eq '^[^#]*[[:space:]]/efi[[:space:]]' "$fstab"; then
+    cat >>"$fstab" <<'EOF'
+# ESP: systemd-boot, the slots' kernels and boot entries (drimbox ota, systemd-bless-boot).
+PARTLABEL=esp	/efi	vfat	noauto,x-systemd.automount,x-systemd.idle-timeout=30,umask=0077,nodev,nosuid,noexec	0	0
 EOF
 fi
 

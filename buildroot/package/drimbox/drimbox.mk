@@ -65,18 +65,29 @@ define DRIMBOX_INSTALL_TARGET_CMDS
 		$(TARGET_DIR)/usr/bin/drimbox
 endef
 
-# The repository's unit, enabled. The wants link is what "systemctl enable"
-# makes (the unit has WantedBy=multi-user.target); the preset keeps it enabled
-# through the "systemctl preset-all" that Buildroot runs when it assembles the
+# The repository's units, enabled: drimbox.service (the box), drimbox-health.service (the
+# verdict boot-complete.target requires), drimbox-ota-commit.service (commits an update once
+# the box is healthy); drimbox-unhealthy.service is started by the health unit's OnFailure=.
+# The links are what "systemctl enable" makes from their [Install] sections; the preset keeps
+# them enabled through the "systemctl preset-all" that Buildroot runs when it assembles the
 # root filesystem, whatever presets a distributor adds after ours.
+DRIMBOX_UNITS = drimbox.service drimbox-health.service drimbox-unhealthy.service \
+	drimbox-ota-commit.service
+
 define DRIMBOX_INSTALL_INIT_SYSTEMD
-	$(INSTALL) -D -m 0644 $(@D)/systemd/drimbox.service \
-		$(TARGET_DIR)/usr/lib/systemd/system/drimbox.service
+	$(foreach u,$(DRIMBOX_UNITS),\
+		$(INSTALL) -D -m 0644 $(@D)/systemd/$(u) \
+			$(TARGET_DIR)/usr/lib/systemd/system/$(u)$(sep))
 	$(INSTALL) -D -m 0644 $(DRIMBOX_PKGDIR)/80-drimbox.preset \
 		$(TARGET_DIR)/usr/lib/systemd/system-preset/80-drimbox.preset
-	mkdir -p $(TARGET_DIR)/etc/systemd/system/multi-user.target.wants
+	mkdir -p $(TARGET_DIR)/etc/systemd/system/multi-user.target.wants \
+		$(TARGET_DIR)/etc/systemd/system/boot-complete.target.requires
 	ln -sf /usr/lib/systemd/system/drimbox.service \
 		$(TARGET_DIR)/etc/systemd/system/multi-user.target.wants/drimbox.service
+	ln -sf /usr/lib/systemd/system/drimbox-ota-commit.service \
+		$(TARGET_DIR)/etc/systemd/system/multi-user.target.wants/drimbox-ota-commit.service
+	ln -sf /usr/lib/systemd/system/drimbox-health.service \
+		$(TARGET_DIR)/etc/systemd/system/boot-complete.target.requires/drimbox-health.service
 endef
 
 # The service users, created in the image at build time: the root filesystem
