@@ -144,8 +144,12 @@ impl UpdateState {
 }
 
 /// Replaces the summary: temporary file, fsync, rename, directory fsync. Mode 0640 in `group`
-/// (the box's group, so the status service can read it), the directory 0750.
+/// (the box's group, so the status service can read it), the directory 0750. Ownership is
+/// changed only where it is not already right: on the box the units run with the group (files
+/// are born in it) and the directory comes from tmpfiles.d, and their seccomp filter forbids
+/// chown(2) altogether.
 pub fn write(path: &Path, s: &UpdateState, group: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = dir.join(".state.json.tmp");
@@ -153,9 +157,16 @@ pub fn write(path: &Path, s: &UpdateState, group: Option<u32>) -> std::io::Resul
     f.write_all(&serde_json::to_vec_pretty(s).map_err(std::io::Error::other)?)?;
     f.set_permissions(fs::Permissions::from_mode(0o640))?;
     if let Some(g) = group {
-        std::os::unix::fs::fchown(&f, None, Some(g))?;
-        std::os::unix::fs::chown(dir, None, Some(g))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o750))?;
+        if f.metadata()?.gid() != g {
+            std::os::unix::fs::fchown(&f, None, Some(g))?;
+        }
+        let d = fs::metadata(dir)?;
+        if d.gid() != g {
+            std::os::unix::fs::chown(dir, None, Some(g))?;
+        }
+        if d.mode() & 0o777 != 0o750 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o750))?;
+        }
     }
     f.sync_all()?;
     fs::rename(&tmp, path)?;
