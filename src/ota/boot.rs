@@ -266,7 +266,8 @@ fn cmdline_words(options: &str) -> Vec<&str> {
 /// (console, watchdog, what the image was built with) with the slot-specific ones replaced by a
 /// dm-verity table over the target partition. The installer writes the tree right after the
 /// data (no superblock), so the hash tree starts at block `data_blocks`; any block that does not
-/// match it reads as an I/O error.
+/// match it resets the box (`restart_on_corruption`, as post-image.sh writes for slot A), which
+/// on a slot on trial spends a try.
 pub fn slot_options(
     running_options: &str,
     partuuid: &str,
@@ -280,7 +281,7 @@ pub fn slot_options(
         format!("dm-mod.waitfor={dev}"),
         format!(
             "dm-mod.create=\"drimbox-root,,,ro,0 {sectors} verity 1 {dev} {dev} 4096 4096 \
-             {data_blocks} {data_blocks} sha256 {root_hash} {salt_hex}\""
+             {data_blocks} {data_blocks} sha256 {root_hash} {salt_hex} 1 restart_on_corruption\""
         ),
     ];
     words.extend(
@@ -620,7 +621,7 @@ mod tests {
             cmdline_words(&new),
             vec![
                 "dm-mod.waitfor=PARTUUID=bbb",
-                "dm-mod.create=\"drimbox-root,,,ro,0 24 verity 1 PARTUUID=bbb PARTUUID=bbb 4096 4096 3 3 sha256 cd ef\"",
+                "dm-mod.create=\"drimbox-root,,,ro,0 24 verity 1 PARTUUID=bbb PARTUUID=bbb 4096 4096 3 3 sha256 cd ef 1 restart_on_corruption\"",
                 "root=/dev/dm-0",
                 "ro",
                 "console=ttyS0,115200",

@@ -178,10 +178,13 @@ printf '%s\n' "$EPOCH" | grep -Eq '^[0-9]+$' || die "DRIMBOX_SECURITY_EPOCH=$EPO
 # partition to appear (NVMe, USB probe asynchronously). The test image's initramfs does the same
 # from the same arguments (scripts/image/dracut/90drimbox-dminit). The table: <start> <sectors> verity
 # <version> <data dev> <hash dev> <data block> <hash block> <data blocks> <hash start> <alg>
-# <root hash> <salt>. Any block that does not match the tree reads as an I/O error.
+# <root hash> <salt> <#options> <options>. restart_on_corruption: a block that does not match
+# the tree resets the box at once (instead of an I/O error a half-running system would have to
+# survive); on a slot on trial each reset spends a try, so a corrupted slot ends in a fallback.
 table="0 $((size / 512)) verity 1 PARTUUID=$ROOT_UUID PARTUUID=$ROOT_UUID $BLOCK $BLOCK"
-table="$table $data_blocks $hash_start sha256 $root_hash $salt"
-cmdline="root=/dev/dm-0 ro rootfstype=erofs rootwait"
+table="$table $data_blocks $hash_start sha256 $root_hash $salt 1 restart_on_corruption"
+# panic=10: a kernel that cannot mount its root (or panics) resets after 10 s rather than hang.
+cmdline="root=/dev/dm-0 ro rootfstype=erofs rootwait panic=10"
 cmdline="$cmdline dm-mod.waitfor=PARTUUID=$ROOT_UUID dm-mod.create=\"drimbox-root,,,ro,$table\""
 # Serial last: it is /dev/console (systemd's messages, the only getty). The partitions are named
 # in fstab; systemd must not mount the ESP or guess a root from the partition types.
