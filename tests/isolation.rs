@@ -60,8 +60,8 @@ fn as_user(user: &str, argv: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn services_run_as_their_own_users_and_the_separation_is_real() {
+/// The box's users and groups, as the image has them (overlay/usr/lib/sysusers.d).
+fn create_service_users() {
     assert!(
         is_root(),
         "this test creates system users and must run as root (scripts/test does)"
@@ -72,6 +72,11 @@ fn services_run_as_their_own_users_and_the_separation_is_real() {
         .output()
         .unwrap();
     assert!(o.status.success(), "systemd-sysusers: {}", text(&o));
+}
+
+#[test]
+fn services_run_as_their_own_users_and_the_separation_is_real() {
+    create_service_users();
 
     let dir = tempfile::tempdir().unwrap();
     // The service users must reach the configuration and the data below the test directory.
@@ -256,16 +261,7 @@ fn services_run_as_their_own_users_and_the_separation_is_real() {
 /// users (root needs CAP_KILL for that: without it a stop waited for systemd's SIGKILL).
 #[test]
 fn with_only_the_units_capabilities_the_supervisor_restarts_and_stops_its_services() {
-    assert!(
-        is_root(),
-        "this test runs the supervisor as root (scripts/test does)"
-    );
-    let sysusers = repo().join("overlay/usr/lib/sysusers.d/drimbox.conf");
-    let o = Command::new("systemd-sysusers")
-        .arg(&sysusers)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "systemd-sysusers: {}", text(&o));
+    create_service_users();
     let unit = fs::read_to_string(repo().join("systemd/drimbox.service")).unwrap();
     let caps: Vec<String> = unit
         .lines()
