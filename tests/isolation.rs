@@ -60,6 +60,16 @@ fn as_user(user: &str, argv: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The services a test box runs (no `[wado]` in its configuration, so no wado).
+const SERVICES: [&str; 6] = [
+    "archive",
+    "receiver",
+    "hl7",
+    "publisher",
+    "whitelist",
+    "status",
+];
+
 /// The box's users and groups, as the image has them (overlay/usr/lib/sysusers.d).
 fn create_service_users() {
     assert!(
@@ -92,14 +102,7 @@ fn services_run_as_their_own_users_and_the_separation_is_real() {
     );
 
     let box_gid = drimbox::supervisor::sandbox::lookup_group("drimbox").unwrap();
-    for name in [
-        "archive",
-        "receiver",
-        "hl7",
-        "publisher",
-        "whitelist",
-        "status",
-    ] {
+    for name in SERVICES {
         let pid = b
             .service_pid(name)
             .unwrap_or_else(|| panic!("{name} not running"));
@@ -338,20 +341,13 @@ fn with_only_the_units_capabilities_the_supervisor_restarts_and_stops_its_servic
     b.wait_ready();
 
     // SIGTERM: every service stops (by the supervisor's own signals, not a later SIGKILL).
-    let services: Vec<i32> = [
-        "archive",
-        "receiver",
-        "hl7",
-        "publisher",
-        "whitelist",
-        "status",
-    ]
-    .iter()
-    .map(|n| {
-        b.service_pid(n)
-            .unwrap_or_else(|| panic!("{n} not running"))
-    })
-    .collect();
+    let services: Vec<i32> = SERVICES
+        .iter()
+        .map(|n| {
+            b.service_pid(n)
+                .unwrap_or_else(|| panic!("{n} not running"))
+        })
+        .collect();
     b.stop();
     for pid in services {
         assert!(
