@@ -17,9 +17,6 @@ use crate::ipc::{self, Request, Response, Role};
 use crate::status::model::ServiceState;
 use crate::supervisor::{self, HealthRecord};
 
-/// A supervisor record older than this is a hung supervisor (it rewrites it every second).
-pub const STALE_MS: i64 = 5_000;
-
 /// The calling AE title of the self-test's C-ECHO.
 pub const PROBE_AE: &str = "DRIMBOX-HEALTH";
 
@@ -44,10 +41,12 @@ pub fn judge(o: &Observation) -> Vec<String> {
     let mut problems = Vec::new();
     match &o.supervisor {
         None => problems.push("the supervisor is not running (no health record)".to_string()),
-        Some(h) if o.now_ms - h.updated_at_ms > STALE_MS => problems.push(format!(
-            "the supervisor has not reported for {} s",
-            (o.now_ms - h.updated_at_ms) / 1000
-        )),
+        Some(h) if o.now_ms - h.updated_at_ms > supervisor::HEALTH_STALE_MS => {
+            problems.push(format!(
+                "the supervisor has not reported for {} s",
+                (o.now_ms - h.updated_at_ms) / 1000
+            ))
+        }
         Some(h) => {
             if h.services.is_empty() {
                 problems.push("the supervisor reports no services".to_string());

@@ -25,9 +25,6 @@ use model::{
     SCHEMA_VERSION,
 };
 
-/// A health record older than this means the supervisor itself is stuck.
-const HEALTH_STALE_MS: i64 = 5_000;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error("cannot listen on {addr}: {source}")]
@@ -507,7 +504,7 @@ pub fn judge(
     let mut degraded = Vec::new();
     match health {
         None => failing.push("the supervisor is not running".to_string()),
-        Some(h) if now_ms - h.updated_at_ms > HEALTH_STALE_MS => failing.push(format!(
+        Some(h) if now_ms - h.updated_at_ms > supervisor::HEALTH_STALE_MS => failing.push(format!(
             "the supervisor has not reported for {} s",
             (now_ms - h.updated_at_ms) / 1000
         )),

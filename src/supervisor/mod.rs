@@ -82,6 +82,10 @@ pub struct HealthRecord {
     pub services: Vec<ServiceStatus>,
 }
 
+/// A record older than this means a hung supervisor (it rewrites it every second): the status
+/// page's verdict and the health verdict both judge freshness by it.
+pub const HEALTH_STALE_MS: i64 = 5_000;
+
 pub fn health_path(run_dir: &Path) -> PathBuf {
     run_dir.join("health.json")
 }
