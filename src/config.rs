@@ -202,6 +202,10 @@ pub struct Hl7Tls {
 
 /// Where `drimbox ota` writes the update state for the status page (beside the floor).
 pub const DEFAULT_UPDATE_STATE: &str = "/data/ota/state.json";
+/// The hash of the administrator's password (`drimbox admin password`), beside the update state.
+pub const DEFAULT_ADMIN_CREDENTIAL: &str = "/data/ota/admin.credential";
+/// Where the status page's install form leaves a bundle for the root installer.
+pub const DEFAULT_UPDATE_SPOOL: &str = "/data/ota/spool";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusConfig {
@@ -214,6 +218,10 @@ pub struct StatusConfig {
     pub tls: Option<StatusTls>,
     /// The update state the OTA commands write (`drimbox ota`), shown in the page's OTA section.
     pub update_state: PathBuf,
+    /// The administrator's credential, which unlocks the install form (`/update`).
+    pub admin_credential: PathBuf,
+    /// Where the install form spools a bundle for `drimbox ota install-spooled`.
+    pub update_spool: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -512,6 +520,12 @@ impl Config {
         let update_state = r
             .opt_path(&mut st, "status", "update_state")
             .unwrap_or_else(|| PathBuf::from(DEFAULT_UPDATE_STATE));
+        let admin_credential = r
+            .opt_path(&mut st, "status", "admin_credential")
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_CREDENTIAL));
+        let update_spool = r
+            .opt_path(&mut st, "status", "update_spool")
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_UPDATE_SPOOL));
         let status_tls = match st.remove("tls") {
             None => Some(None),
             Some(v) => {
@@ -599,6 +613,8 @@ impl Config {
                 disk_warn_percent: disk_warn.expect("checked") as u8,
                 tls: status_tls.expect("checked"),
                 update_state,
+                admin_credential,
+                update_spool,
             },
             publication,
             dmp,

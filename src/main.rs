@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use drimbox::config::{self, Config};
 use drimbox::ipc::{self, Request, Response, Role};
 
+mod admin_cli;
 mod ota_cli;
 
 #[derive(Parser)]
@@ -136,6 +137,11 @@ enum Cmd {
     Ota {
         #[command(subcommand)]
         command: ota_cli::OtaCmd,
+    },
+    /// The status page's administrator (the install form's credential).
+    Admin {
+        #[command(subcommand)]
+        command: admin_cli::AdminCmd,
     },
     /// Image access by consumer DRIMboxes (WADO-RS).
     Wado {
@@ -314,6 +320,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         ),
         Cmd::Service { name, config } => service(&name, &config),
         Cmd::Ota { command } => Ok(ota_cli::run(command)),
+        Cmd::Admin { command } => Ok(admin_cli::run(command)),
         Cmd::Status { target, json } => status(&target, json),
         Cmd::Health { target, within } => health(&target, within),
         Cmd::Study { study_uid, target } => study(&target, &study_uid),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use drimbox::ota::boot::{self, Slot, Version};
 use drimbox::ota::install::{self, Disk, InstallError};
-use drimbox::ota::{bundle, report, verity};
+use drimbox::ota::{bundle, report, spool, verity};
 use drimbox::pki::Certificate;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivatePkcs8KeyDer;
@@ -117,6 +117,18 @@ pub enum OtaCmd {
         #[arg(long)]
         reboot: bool,
     },
+    /// Install what the status page's form spooled (drimbox-ota-spool.service): verified and
+    /// installed like `install`; the outcome is recorded for the page, the spool emptied.
+    InstallSpooled {
+        #[arg(long, default_value = drimbox::config::DEFAULT_UPDATE_SPOOL)]
+        spool: PathBuf,
+        #[arg(long, default_value = KEYRING)]
+        keyring: PathBuf,
+        #[arg(long, default_value = drimbox::ota::COMPATIBLE)]
+        compatible: String,
+        #[command(flatten)]
+        at: Where,
+    },
     /// Bless the running slot and raise the floor (run once the box is healthy).
     Commit {
         #[command(flatten)]
@@ -205,6 +217,12 @@ pub fn run(cmd: OtaCmd) -> ExitCode {
             at,
             reboot,
         } => install_bundle(&bundle, &keyring, &compatible, &at, reboot),
+        OtaCmd::InstallSpooled {
+            spool,
+            keyring,
+            compatible,
+            at,
+        } => install_spooled(&spool, &keyring, &compatible, &at),
         OtaCmd::Commit { at } => commit(&at),
         OtaCmd::Unhealthy { at, reboot } => unhealthy(&at, reboot),
         OtaCmd::Status { at } => status(&at),
@@ -336,10 +354,7 @@ fn install_bundle(
     };
     match install::install(&at.disk(), path, &anchors, now(), compatible, running) {
         Ok(i) => {
-            println!(
-                "installed {} (epoch {}) into slot {}: entry {} boots on trial next",
-                i.version, i.epoch, i.slot, i.entry
-            );
+            println!("{}", installed_line(&i));
             record_state(&at.disk(), Some(running));
             if reboot && !systemctl_reboot() {
                 return usage(c, "installed, but `systemctl reboot` failed");
@@ -348,6 +363,74 @@ fn install_bundle(
         }
         Err(e) if is_refusal(&e) => refused(c, e),
         Err(e) => usage(c, e),
+    }
+}
+
+fn installed_line(i: &install::Installed) -> String {
+    format!(
+        "installed {} (epoch {}) into slot {}: entry {} boots on trial next",
+        i.version, i.epoch, i.slot, i.entry
+    )
+}
+
+/// The install form's request (drimbox-ota-spool.service): the same checks and writes as
+/// `install`, then the outcome recorded for the status page and the spool emptied, whatever
+/// happened, so the path unit does not start it again.
+fn install_spooled(dir: &Path, keyring: &Path, compatible: &str, at: &Where) -> ExitCode {
+    let c = "install-spooled";
+    let group = drimbox::supervisor::sandbox::lookup_group(
+        &drimbox::supervisor::sandbox::service_user("status"),
+    );
+    let (request, result) = match spool::take(dir) {
+        Ok(None) => {
+            println!("nothing spooled in {}", dir.display());
+            return ExitCode::SUCCESS;
+        }
+        Err(spool::Unusable { request, why }) => (request, Err((true, why))),
+        Ok(Some((request, bundle))) => {
+            let result = (|| {
+                let anchors = certificates(keyring).map_err(|e| (false, e))?;
+                let running = at.running().map_err(|e| (false, e))?;
+                let i = install::install(&at.disk(), &bundle, &anchors, now(), compatible, running)
+                    .map_err(|e| (is_refusal(&e), e.to_string()))?;
+                record_state(&at.disk(), Some(running));
+                Ok(installed_line(&i))
+            })();
+            (Some(request), result)
+        }
+    };
+    let request = request.unwrap_or(spool::Request {
+        received_at_ms: 0,
+        size: 0,
+        sha256: String::new(),
+        reboot: false,
+        from: String::new(),
+    });
+    let reboot = request.reboot;
+    let outcome = spool::Outcome {
+        request,
+        finished_at_ms: drimbox::archive::now_ms(),
+        installed: result.is_ok(),
+        message: match &result {
+            Ok(line) if reboot => format!("{line}; rebooting into it"),
+            Ok(line) => line.clone(),
+            Err((true, why)) => format!("refused: {why}"),
+            Err((false, why)) => format!("not installed: {why}"),
+        },
+    };
+    if let Err(e) = spool::finish(dir, &outcome, group) {
+        return usage(c, e);
+    }
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            if reboot && !systemctl_reboot() {
+                return usage(c, "installed, but `systemctl reboot` failed");
+            }
+            ExitCode::SUCCESS
+        }
+        Err((true, why)) => refused(c, why),
+        Err((false, why)) => usage(c, why),
     }
 }
 

@@ -1052,3 +1052,310 @@ fn an_installed_bundle_boots_on_trial_and_a_commit_blesses_it_and_raises_the_flo
         common::text(&o)
     );
 }
+
+/// curl against the box's status page: (HTTP status, response headers, body).
+fn curl(port: u16, path: &str, args: &[&str]) -> (u16, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (headers, body) = (dir.path().join("headers"), dir.path().join("body"));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "120", "-D"])
+        .arg(&headers)
+        .arg("-o")
+        .arg(&body)
+        .args(["-w", "%{http_code}"])
+        .args(args)
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl (apt-get install curl)");
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (
+        code,
+        fs::read_to_string(headers).unwrap_or_default(),
+        fs::read_to_string(body).unwrap_or_default(),
+    )
+}
+
+/// A request written by hand on a socket, for what curl will not send: (status line, rest).
+fn raw_http(port: u16, request: &[u8]) -> (String, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    s.write_all(request).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let (line, rest) = answer.split_once("\r\n").unwrap_or((&answer, ""));
+    (line.to_string(), rest.to_string())
+}
+
+fn spool_files(spool: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(spool)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_install_form_takes_a_bundle_from_the_administrator_and_the_installer_verifies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mint_update_pki(d);
+    let image = payload(200, 5);
+    fs::write(d.join("root.erofs"), &image).unwrap();
+    let bundle = make_bundle(d, "update.raucb", "root.erofs", "1.1", 2, "signer");
+    let keyring = d.join("update-ca.pem");
+    let b = common::DrimBox::start(common::Settings::default());
+    let port = b.status_port;
+    let credential = b.dir.path().join("ota/admin.credential");
+    let spool = b.dir.path().join("ota/spool");
+    let password = "a long enough password";
+    let auth = format!("admin:{password}");
+
+    // Before the distributor sets a credential, the form is closed and says how to open it.
+    let (code, _, body) = curl(port, "/update", &[]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("drimbox admin password"), "{body}");
+
+    // `drimbox admin password`: refuses a short one, keeps only a hash of a good one.
+    let set = |pw: &str| {
+        let mut c = Command::new(common::bin())
+            .args(["admin", "password", "--credential"])
+            .arg(&credential)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{pw}\n").as_bytes())
+            .unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let o = set("too short");
+    assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+    assert!(
+        common::text(&o).contains("shorter than 12"),
+        "{}",
+        common::text(&o)
+    );
+    assert!(!credential.exists());
+    let o = set(password);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let stored = fs::read_to_string(&credential).unwrap();
+    assert!(stored.starts_with("pbkdf2-sha256$600000$"), "{stored}");
+    assert!(!stored.contains("password"), "{stored}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&credential).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+
+    // No credential or a wrong one: a Basic challenge.
+    let (code, headers, _) = curl(port, "/update", &[]);
+    assert_eq!(code, 401);
+    assert!(
+        headers.contains("WWW-Authenticate: Basic realm=\"DRIMbox administration\""),
+        "{headers}"
+    );
+    let (code, _, _) = curl(port, "/update", &["-u", "admin:wrong password 1"]);
+    assert_eq!(code, 401);
+    let (code, _, _) = curl(port, "/update", &["-u", &format!("root:{password}")]);
+    assert_eq!(code, 401, "the user is admin");
+    // The administrator gets the form; the status page links to it.
+    let (code, headers, page) = curl(port, "/update", &["-u", &auth]);
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("<form id=\"install\" method=\"post\" action=\"update\"")
+            && page.contains("enctype=\"multipart/form-data\"")
+            && page.contains("name=\"bundle\""),
+        "{page}"
+    );
+    assert!(headers.contains("form-action 'self'"), "{headers}");
+    assert!(b.http_get("/").1.contains("href=\"update\""));
+
+    // Refused before a byte is spooled: another origin, no length, an unknown type, too large,
+    // a form cut short.
+    let (code, _, body) = curl(
+        port,
+        "/update",
+        &[
+            "-u",
+            &auth,
+            "-H",
+            "Origin: http://evil.example",
+            "-F",
+            &format!("bundle=@{}", bundle.display()),
+        ],
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("another origin"), "{body}");
+    let basic = format!(
+        "Authorization: Basic {}\r\n",
+        drimbox::base64::encode(auth.as_bytes())
+    );
+    let (line, rest) = raw_http(
+        port,
+        format!("POST /update HTTP/1.1\r\nHost: x\r\n{basic}Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").as_bytes(),
+    );
+    assert!(line.contains(" 411 "), "{line}\n{rest}");
+    let (code, _, _) = curl(
+        port,
+        "/update",
+        &[
+            "-u",
+            &auth,
+            "-H",
+            "Content-Type: text/plain",
+            "--data-binary",
+            "x",
+        ],
+    );
+    assert_eq!(code, 415);
+    let (line, _) = raw_http(
+        port,
+        format!("POST /update HTTP/1.1\r\nHost: x\r\n{basic}Content-Type: application/octet-stream\r\nContent-Length: 99999999999\r\n\r\n").as_bytes(),
+    );
+    assert!(line.contains(" 413 "), "{line}");
+    let mut cut = format!(
+        "POST /update HTTP/1.1\r\nHost: x\r\n{basic}Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 100000\r\n\r\n\
+         --B\r\nContent-Disposition: form-data; name=\"bundle\"; filename=\"u.raucb\"\r\n\r\n"
+    )
+    .into_bytes();
+    cut.extend_from_slice(&fs::read(&bundle).unwrap()[..5000]);
+    let (line, rest) = raw_http(port, &cut);
+    assert!(line.contains(" 400 "), "{line}\n{rest}");
+    assert!(rest.contains("ends before its closing boundary"), "{rest}");
+    assert!(
+        spool_files(&spool).is_empty(),
+        "nothing left in the spool: {:?}",
+        spool_files(&spool)
+    );
+
+    // The form, as a browser posts it (curl -F is the same multipart/form-data), without the
+    // reboot box ticked: spooled whole, with its hash.
+    let (code, _, page) = curl(
+        port,
+        "/update",
+        &[
+            "-u",
+            &auth,
+            "-H",
+            &format!("Origin: http://127.0.0.1:{port}"),
+            "-F",
+            &format!("bundle=@{};filename=update.raucb", bundle.display()),
+        ],
+    );
+    assert_eq!(code, 202, "{page}");
+    assert!(
+        page.contains("id=\"notice\"") && page.contains("checks its signature"),
+        "{page}"
+    );
+    assert!(page.contains("being verified and installed"), "{page}");
+    assert_eq!(
+        fs::read(spool.join("bundle")).unwrap(),
+        fs::read(&bundle).unwrap()
+    );
+    let request: serde_json::Value =
+        serde_json::from_slice(&fs::read(spool.join("request.json")).unwrap()).unwrap();
+    assert_eq!(request["reboot"], false, "{request}");
+    assert_eq!(request["from"], "127.0.0.1", "{request}");
+    let sha = common::run_ok(Command::new("sha256sum").arg(&bundle));
+    assert_eq!(request["sha256"], sha.split_whitespace().next().unwrap());
+    // One at a time.
+    let (code, _, body) = curl(
+        port,
+        "/update",
+        &["-u", &auth, "-F", &format!("bundle=@{}", bundle.display())],
+    );
+    assert_eq!(code, 409, "{body}");
+
+    // The root installer (what drimbox-ota-spool.path starts) verifies and installs it, records
+    // the outcome for the page and empties the spool.
+    let fb = FileBox::new(None);
+    let install = |fb: &FileBox| {
+        let mut args: Vec<String> = vec![
+            "ota".into(),
+            "install-spooled".into(),
+            "--spool".into(),
+            spool.to_str().unwrap().into(),
+            "--keyring".into(),
+            keyring.to_str().unwrap().into(),
+        ];
+        args.extend(fb.args("a"));
+        Command::new(common::bin()).args(&args).output().unwrap()
+    };
+    let o = install(&fb);
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert!(common::text(&o).contains("installed 1.1 (epoch 2) into slot b"));
+    assert!(fb
+        .root
+        .path()
+        .join("esp/loader/entries/drimbox-b+3.conf")
+        .exists());
+    assert_eq!(spool_files(&spool), ["last.json"]);
+    let (_, _, page) = curl(port, "/update", &["-u", &auth]);
+    assert!(
+        page.contains("installed 1.1 (epoch 2) into slot b") && page.contains("id=\"install\""),
+        "{page}"
+    );
+    let ota = &b.snapshot()["ota"]["details"];
+    assert!(
+        ota.to_string().contains("last upload") && ota.to_string().contains("installed 1.1"),
+        "{ota}"
+    );
+    let o = install(&fb);
+    assert!(o.status.success() && common::text(&o).contains("nothing spooled"));
+
+    // A tampered bundle as a script sends it (the bare bundle, reboot asked): spooled, then
+    // refused by the installer before a byte is written; no reboot is attempted.
+    let mut tampered = fs::read(&bundle).unwrap();
+    let payload_len = spans(&tampered).0;
+    tampered[payload_len / 3] ^= 0x40;
+    fs::write(d.join("tampered.raucb"), &tampered).unwrap();
+    let (code, _, body) = curl(
+        port,
+        "/update?reboot=1",
+        &[
+            "-u",
+            &auth,
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", d.join("tampered.raucb").display()),
+        ],
+    );
+    assert_eq!(code, 202, "{body}");
+    let before = fb.snapshot();
+    let o = install(&fb);
+    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    assert!(fb.snapshot() == before, "nothing written");
+    let last: serde_json::Value =
+        serde_json::from_slice(&fs::read(spool.join("last.json")).unwrap()).unwrap();
+    assert_eq!(last["installed"], false, "{last}");
+    assert_eq!(last["request"]["reboot"], true, "{last}");
+    assert!(
+        last["message"].as_str().unwrap().starts_with("refused: "),
+        "{last}"
+    );
+    assert_eq!(spool_files(&spool), ["last.json"]);
+
+    // Wrong passwords in a row close the lock: then even the right one waits.
+    for i in 0..5 {
+        let (code, _, _) = curl(port, "/update", &["-u", &format!("admin:wrong {i}")]);
+        assert_eq!(code, 401);
+    }
+    let (code, headers, body) = curl(port, "/update", &["-u", &auth]);
+    assert_eq!(code, 429, "{body}");
+    assert!(headers.contains("Retry-After: "), "{headers}");
+    assert!(!b.log().contains(password), "the password is never logged");
+}

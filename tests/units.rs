@@ -157,6 +157,29 @@ fn every_unit_passes_systemd_analyze_verify() {
             out.status
         );
     }
+    // Path units, beside the copies of the services they start.
+    let paths: Vec<PathBuf> = fs::read_dir(repo("systemd"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "path"))
+        .collect();
+    assert!(!paths.is_empty(), "no systemd/*.path file");
+    for unit in paths {
+        let copy = dir.path().join(unit.file_name().unwrap());
+        fs::copy(&unit, &copy).unwrap();
+        let out = systemd_tool(
+            "systemd-analyze",
+            &["verify", "--man=no", copy.to_str().unwrap()],
+            None,
+        );
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "systemd-analyze verify {} ({}):\n{said}",
+            unit.display(),
+            out.status
+        );
+    }
 }
 
 /// The passwd entries sysusers writes from our file into an empty root: name → (uid, home, shell).

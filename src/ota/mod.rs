@@ -9,7 +9,8 @@
 //! [`report`] is the update state as the status page shows it (only root may read the ESP).
 //! At boot, `boot-complete.target` requires the health verdict (`crate::health`), and the
 //! commit runs only after it (systemd/drimbox-ota-commit.service).
-//! Not built yet: the status page's install form. See README ("Status of the roadmap").
+//! [`spool`] is the hand-off from the status page's install form (unprivileged) to the root
+//! installer (`drimbox ota install-spooled`, started by systemd/drimbox-ota-spool.path).
 
 /// The compatible string of this box's bundles (RAUC's `[update] compatible`).
 pub const COMPATIBLE: &str = "drimbox-x86_64";
@@ -19,4 +20,5 @@ pub mod bundle;
 pub mod cms;
 pub mod install;
 pub mod report;
+pub mod spool;
 pub mod verity;

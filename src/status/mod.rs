@@ -4,11 +4,15 @@
 //! A snapshot is assembled from three sources, each read-only: the supervisor's health record
 //! (`<run_dir>/health.json`), the archive's counters (reader socket) and the data directory's
 //! file system (statvfs). [`judge`] turns it into a verdict, purely. The HTTP side is a small
-//! GET-only server: bounded request size, timeouts, a limit of concurrent connections.
+//! server: bounded request size, timeouts, a limit of concurrent connections; read-only but for
+//! `/update`, the administrator's install form ([`update`]).
 
+pub mod admin;
+pub mod form;
 pub mod metrics;
 pub mod model;
 pub mod page;
+pub mod update;
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -140,6 +144,10 @@ pub fn collect(config: &Config) -> Snapshot {
     let (section, mut ota_reasons) =
         ota_section(crate::ota::report::read(&config.status.update_state));
     snapshot.ota = section;
+    snapshot.ota.details.extend(upload_lines(
+        crate::ota::spool::pending(&config.status.update_spool),
+        &crate::ota::spool::last(&config.status.update_spool),
+    ));
     let mut reasons = reasons;
     reasons.append(&mut ota_reasons);
     if !reasons.is_empty() && snapshot.verdict == Verdict::Ok {
@@ -217,6 +225,28 @@ pub fn ota_section(
             vec![format!("the update state cannot be read: {e}")],
         ),
     }
+}
+
+/// What the install form's last upload became (the OTA section's last lines).
+pub fn upload_lines(
+    pending: bool,
+    last: &Result<Option<crate::ota::spool::Outcome>, String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if pending {
+        out.push("an uploaded update is being verified and installed".into());
+    }
+    match last {
+        Ok(Some(o)) => out.push(format!(
+            "last upload ({}, {}): {}",
+            rfc3339(o.request.received_at_ms),
+            page::human_bytes(o.request.size),
+            o.message
+        )),
+        Ok(None) => {}
+        Err(e) => out.push(format!("last upload: unreadable ({e})")),
+    }
+    out
 }
 
 /// A list last verified longer ago than this is worth an operator's look (daily attempts, a
@@ -749,6 +779,7 @@ const MAX_REQUEST: u64 = 8 * 1024;
 
 struct Server {
     config: Config,
+    admin: update::Admin,
     active: AtomicUsize,
     requests: AtomicU64,
     refused: AtomicU64,
@@ -761,6 +792,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StatusError> {
         .map_err(|source| StatusError::Bind { addr, source })?;
     let server = Arc::new(Server {
         config: config.clone(),
+        admin: update::Admin::default(),
         active: AtomicUsize::new(0),
         requests: AtomicU64::new(0),
         refused: AtomicU64::new(0),
@@ -788,11 +820,14 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StatusError> {
         &stop,
         Duration::from_secs(5),
         counters,
-        |stream, _| {
+        |stream, peer| {
             if server.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
                 server.active.fetch_sub(1, Ordering::SeqCst);
                 server.refused.fetch_add(1, Ordering::Relaxed);
-                let _ = respond(&mut &stream, plain(503, "Service Unavailable", "busy\n"));
+                let _ = respond(
+                    &mut &stream,
+                    (plain(503, "Service Unavailable", "busy\n"), String::new()),
+                );
                 return;
             }
             let server = server.clone();
@@ -804,9 +839,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StatusError> {
                         Some(cfg) => rustls::ServerConnection::new(cfg.clone())
                             .map_err(io::Error::other)
                             .and_then(|conn| {
-                                serve(&server, rustls::StreamOwned::new(conn, stream))
+                                serve(&server, rustls::StreamOwned::new(conn, stream), peer)
                             }),
-                        None => serve(&server, stream),
+                        None => serve(&server, stream, peer),
                     };
                     server.active.fetch_sub(1, Ordering::SeqCst);
                 });
@@ -819,7 +854,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StatusError> {
 }
 
 /// One request on one connection (plain or TLS): read the head (bounded), answer, close.
-fn serve<S: Read + Write>(server: &Server, mut stream: S) -> io::Result<()> {
+fn serve<S: Read + Write>(server: &Server, mut stream: S, peer: SocketAddr) -> io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     let complete = loop {
@@ -835,18 +870,57 @@ fn serve<S: Read + Write>(server: &Server, mut stream: S) -> io::Result<()> {
         }
     };
     server.requests.fetch_add(1, Ordering::Relaxed);
-    let answer = if complete {
-        route(server, &String::from_utf8_lossy(&head))
+    let reply = if complete {
+        let end = head_end(&head);
+        let parsed = update::Head::parse(&String::from_utf8_lossy(&head[..end]));
+        if parsed.path() == "/update" {
+            let now = crate::archive::now_ms();
+            match update::gate(&server.config, &server.admin, &parsed, now) {
+                Err(refused) => refused,
+                Ok(()) if parsed.method == "POST" => update::upload(
+                    &server.config,
+                    &server.admin,
+                    &parsed,
+                    &head[end..],
+                    &mut stream,
+                    Some(peer),
+                    now,
+                ),
+                Ok(()) if parsed.method == "GET" => update::form_page(&server.config, None),
+                Ok(()) => (
+                    plain(405, "Method Not Allowed", "GET or POST\n"),
+                    "Allow: GET, POST\r\n".into(),
+                ),
+            }
+        } else {
+            (route(server, &parsed), String::new())
+        }
     } else {
-        plain(400, "Bad Request", "malformed or oversized request\n")
+        (
+            plain(400, "Bad Request", "malformed or oversized request\n"),
+            String::new(),
+        )
     };
-    respond(&mut stream, answer)
+    respond(&mut stream, reply)
+}
+
+/// Where the head ends (past its blank line) in what was read.
+fn head_end(read: &[u8]) -> usize {
+    let crlf = read
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    let lf = read.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(read.len()),
+    }
 }
 
 /// (code, reason, content type, body)
 type Answer = (u16, &'static str, &'static str, Vec<u8>);
 
-fn plain(code: u16, reason: &'static str, text: &str) -> Answer {
+pub(crate) fn plain(code: u16, reason: &'static str, text: &str) -> Answer {
     (
         code,
         reason,
@@ -856,14 +930,12 @@ fn plain(code: u16, reason: &'static str, text: &str) -> Answer {
 }
 
 /// What to answer to a request head.
-fn route(server: &Server, head: &str) -> Answer {
-    let line = head.lines().next().unwrap_or("");
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+fn route(server: &Server, head: &update::Head) -> Answer {
+    let method = head.method.as_str();
     if method != "GET" && method != "HEAD" {
         return plain(405, "Method Not Allowed", "read-only: GET only\n");
     }
-    let path = target.split('?').next().unwrap_or("");
+    let path = head.path();
     let (ctype, mut body) = match path {
         "/" | "/index.html" => (
             "text/html; charset=utf-8",
@@ -885,12 +957,18 @@ fn route(server: &Server, head: &str) -> Answer {
     (200, "OK", ctype, body)
 }
 
-fn respond(stream: &mut impl Write, (code, reason, ctype, body): Answer) -> io::Result<()> {
+fn respond(
+    stream: &mut impl Write,
+    ((code, reason, ctype, body), extra): update::Reply,
+) -> io::Result<()> {
+    // form-action: the install form may post to this box only; frame-ancestors: no other page
+    // may frame it (a click-jacked upload).
     let head = format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
-         Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; img-src data:\r\n\
-         Connection: close\r\n\r\n",
+         Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
+         form-action 'self'; frame-ancestors 'none'\r\n\
+         {extra}Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes())?;

@@ -265,12 +265,72 @@ pub fn render_html(s: &Snapshot) -> String {
     let _ = writeln!(
         h,
         "<footer>Machine-readable: <a href=\"status.json\">status.json</a> \u{b7} \
-         <a href=\"metrics\">metrics</a> \u{b7} schema {}</footer>",
+         <a href=\"metrics\">metrics</a> \u{b7} schema {} \u{b7} \
+         <a href=\"update\">install an update</a> (administrator)</footer>",
         s.schema
     );
     h.push_str("</div>\n</body>\n</html>\n");
     h
 }
+
+/// `/update`: the update state, the last upload's outcome and the install form (the
+/// administrator's page; hooks `data-section="ota"`, `id="notice"`, `form#install`).
+pub fn render_update(
+    ota: &Section,
+    pending: bool,
+    last: &Result<Option<crate::ota::spool::Outcome>, String>,
+    notice: Option<&str>,
+) -> String {
+    let mut h = String::with_capacity(8 * 1024);
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <meta name=\"robots\" content=\"noindex, nofollow\">\n\
+         <link rel=\"icon\" href=\"data:,\">\n\
+         <title>Install an update \u{2014} DRIMbox</title>\n<style>{CSS}{FORM_CSS}</style>\n\
+         </head>\n<body>\n<div class=\"wrap\">\n\
+         <header class=\"top\"><h1>Install an update</h1>\
+         <span class=\"meta\"><a href=\"./\">back to the status page</a></span></header>\n\
+         <main class=\"stack\">\n"
+    );
+    if let Some(n) = notice {
+        let _ = writeln!(
+            h,
+            "<div class=\"card notice\" id=\"notice\">{}</div>",
+            escape(n)
+        );
+    }
+    let mut section = ota.clone();
+    section.details.extend(super::upload_lines(pending, last));
+    render_section(&mut h, "ota", "OTA updates", &section);
+    h.push_str(
+        "<section class=\"card\">\n<h2>Bundle</h2>\n\
+         <p>A signed update bundle (<code>.raucb</code>) from the vendor. It is written into the \
+         other slot only once its signature, its signer, its compatible string, its version and \
+         its security epoch are verified; the box boots it on trial and goes back to the current \
+         slot by itself if it is not healthy.</p>\n",
+    );
+    if pending {
+        h.push_str("<p class=\"alert\">An update is being installed: wait for it to finish.</p>\n");
+    } else {
+        h.push_str(
+            "<form id=\"install\" method=\"post\" action=\"update\" \
+             enctype=\"multipart/form-data\">\n\
+             <p><input type=\"file\" name=\"bundle\" accept=\".raucb\" required></p>\n\
+             <p><label><input type=\"checkbox\" name=\"reboot\" value=\"on\" checked> \
+             reboot into it once installed</label></p>\n\
+             <p><button type=\"submit\">Install</button></p>\n</form>\n",
+        );
+    }
+    h.push_str("</section>\n</main>\n</div>\n</body>\n</html>\n");
+    h
+}
+
+const FORM_CSS: &str = ".notice{border-left:4px solid #1e7b34;font-weight:600;overflow-wrap:anywhere}\
+form button{font:inherit;font-weight:700;padding:8px 18px;border-radius:6px;border:0;background:#2563eb;color:#fff}\
+form input[type=file]{font:inherit;max-width:100%}\
+code{font-size:13px}";
 
 fn render_verdict(h: &mut String, s: &Snapshot) {
     let v = s.verdict.as_str();

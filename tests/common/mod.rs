@@ -148,13 +148,20 @@ impl DrimBox {
             "\n[archive]\nstable_after_seconds = {}\n\n[supervisor]\ncrash_loop_count = {}\n\
              restart_backoff_max_seconds = 2\nfailed_exit_delay_seconds = {}\n\
              heartbeat_timeout_seconds = {}\nrun_as_service_users = {}\n\n\
-             [status]\nlisten = \"127.0.0.1\"\nport = {status_port}\n\n\
+             [status]\nlisten = \"127.0.0.1\"\nport = {status_port}\n\
+             update_state = {:?}\nadmin_credential = {:?}\nupdate_spool = {:?}\n\n\
              [hl7]\nlisten = \"127.0.0.1\"\nport = {hl7_port}\n",
             s.stable_after_seconds,
             s.crash_loop_count,
             s.failed_exit_delay_seconds,
             s.heartbeat_timeout_seconds,
-            s.run_as_service_users
+            s.run_as_service_users,
+            dir.path().join("ota/state.json").display().to_string(),
+            dir.path()
+                .join("ota/admin.credential")
+                .display()
+                .to_string(),
+            dir.path().join("ota/spool").display().to_string(),
         );
         if let Some((cert, key)) = &s.status_tls {
             text += &format!(

@@ -19,6 +19,8 @@ for f in usr/bin/drimbox \
     etc/systemd/system/multi-user.target.wants/drimbox.service \
     etc/systemd/system/boot-complete.target.requires/drimbox-health.service \
     etc/systemd/system/multi-user.target.wants/drimbox-ota-commit.service \
+    etc/systemd/system/multi-user.target.wants/drimbox-ota-spool.path \
+    usr/lib/systemd/system/drimbox-ota-spool.service \
     usr/lib/systemd/system/drimbox-unhealthy.service \
     etc/drimbox/drimbox.toml \
     usr/lib/sysusers.d/drimbox.conf; do
