@@ -366,3 +366,50 @@ fn status_page_in_headless_chromium() {
         }
     }
 }
+
+/// The install form as Chromium builds it, with the administrator's password (set by `drimbox
+/// admin password`) in the URL: the fields the README describes; without the password, no form.
+#[test]
+fn the_install_form_in_headless_chromium() {
+    require_chromium();
+    let b = DrimBox::start(Settings::default());
+    let credential = b.dir.path().join("ota/admin.credential");
+    let mut c = Command::new(bin())
+        .args(["admin", "password", "--credential"])
+        .arg(&credential)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(b"chromium's administrator\n")
+        .unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{:?} {}", o.status, text(&o));
+
+    let dom = chromium(
+        &format!(
+            "http://admin:chromium's%20administrator@127.0.0.1:{}/update",
+            b.status_port
+        ),
+        &["--dump-dom"],
+    );
+    let form = tag(&dom, "id=\"install\"").unwrap_or_else(|| panic!("no form:\n{dom}"));
+    assert_eq!(attr(form, "method"), Some("post"), "{form}");
+    assert_eq!(attr(form, "enctype"), Some("multipart/form-data"), "{form}");
+    let file = tag(&dom, "type=\"file\"").unwrap_or_else(|| panic!("no file field:\n{dom}"));
+    assert_eq!(attr(file, "name"), Some("bundle"), "{file}");
+    let reboot = tag(&dom, "type=\"checkbox\"").unwrap_or_else(|| panic!("no box:\n{dom}"));
+    assert_eq!(attr(reboot, "name"), Some("reboot"), "{reboot}");
+    assert!(dom.contains("data-section=\"ota\""), "{dom}");
+
+    let refused = chromium(
+        &format!("http://127.0.0.1:{}/update", b.status_port),
+        &["--dump-dom"],
+    );
+    // Headless, nobody answers the challenge: Chromium shows nothing, certainly not the form.
+    assert!(!refused.contains("id=\"install\""), "{refused}");
+}
