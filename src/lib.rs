@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod dicom;
 pub mod dmp;
+pub mod egress;
 pub mod exam;
 pub mod health;
 pub mod hl7;

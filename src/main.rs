@@ -13,6 +13,7 @@ use drimbox::config::{self, Config};
 use drimbox::ipc::{self, Request, Response, Role};
 
 mod admin_cli;
+mod egress_cli;
 mod ota_cli;
 
 #[derive(Parser)]
@@ -137,6 +138,11 @@ enum Cmd {
     Ota {
         #[command(subcommand)]
         command: ota_cli::OtaCmd,
+    },
+    /// The per-service egress filter (nftables): which peers each service may connect to.
+    Egress {
+        #[command(subcommand)]
+        command: egress_cli::EgressCmd,
     },
     /// The status page's administrator (the install form's credential).
     Admin {
@@ -321,6 +327,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Service { name, config } => service(&name, &config),
         Cmd::Ota { command } => Ok(ota_cli::run(command)),
         Cmd::Admin { command } => Ok(admin_cli::run(command)),
+        Cmd::Egress { command } => Ok(egress_cli::run(command)),
         Cmd::Status { target, json } => status(&target, json),
         Cmd::Health { target, within } => health(&target, within),
         Cmd::Study { study_uid, target } => study(&target, &study_uid),

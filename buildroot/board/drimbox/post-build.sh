@@ -20,6 +20,7 @@ for f in usr/bin/drimbox \
     etc/systemd/system/boot-complete.target.requires/drimbox-health.service \
     etc/systemd/system/multi-user.target.wants/drimbox-ota-commit.service \
     etc/systemd/system/multi-user.target.wants/drimbox-ota-spool.path \
+    etc/systemd/system/multi-user.target.wants/drimbox-egress.service \
     usr/lib/systemd/system/drimbox-ota-spool.service \
     usr/lib/systemd/system/drimbox-unhealthy.service \
     etc/drimbox/drimbox.toml \

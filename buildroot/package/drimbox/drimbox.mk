@@ -67,14 +67,16 @@ endef
 
 # The repository's units, enabled: drimbox.service (the box), drimbox-health.service (the
 # verdict boot-complete.target requires), drimbox-ota-commit.service (commits an update once
-# the box is healthy), drimbox-ota-spool.path (starts drimbox-ota-spool.service, the root
+# the box is healthy), drimbox-egress.service (the per-service egress filter, before it),
+# drimbox-ota-spool.path (starts drimbox-ota-spool.service, the root
 # installer of what the status page's install form spooled); drimbox-unhealthy.service is
 # started by the health unit's OnFailure=.
 # The links are what "systemctl enable" makes from their [Install] sections; the preset keeps
 # them enabled through the "systemctl preset-all" that Buildroot runs when it assembles the
 # root filesystem, whatever presets a distributor adds after ours.
 DRIMBOX_UNITS = drimbox.service drimbox-health.service drimbox-unhealthy.service \
-	drimbox-ota-commit.service drimbox-ota-spool.service drimbox-ota-spool.path
+	drimbox-ota-commit.service drimbox-ota-spool.service drimbox-ota-spool.path \
+	drimbox-egress.service
 
 define DRIMBOX_INSTALL_INIT_SYSTEMD
 	$(foreach u,$(DRIMBOX_UNITS),\
@@ -88,6 +90,8 @@ define DRIMBOX_INSTALL_INIT_SYSTEMD
 		$(TARGET_DIR)/etc/systemd/system/multi-user.target.wants/drimbox.service
 	ln -sf /usr/lib/systemd/system/drimbox-ota-commit.service \
 		$(TARGET_DIR)/etc/systemd/system/multi-user.target.wants/drimbox-ota-commit.service
+	ln -sf /usr/lib/systemd/system/drimbox-egress.service \
+		$(TARGET_DIR)/etc/systemd/system/multi-user.target.wants/drimbox-egress.service
 	ln -sf /usr/lib/systemd/system/drimbox-ota-spool.path \
 		$(TARGET_DIR)/etc/systemd/system/multi-user.target.wants/drimbox-ota-spool.path
 	ln -sf /usr/lib/systemd/system/drimbox-health.service \
