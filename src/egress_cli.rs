@@ -39,7 +39,16 @@ fn fail(m: impl std::fmt::Display) -> ExitCode {
 }
 
 fn script(path: &Path, overrides: &[String]) -> Result<String, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    // Parsed, not `load`ed: the filter needs the URLs only, and it is loaded early at boot, in a
+    // unit that sees /data read-only (load's checks that directories are writable would fail).
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let config = Config::parse(&text).map_err(|problems| {
+        config::ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        }
+        .to_string()
+    })?;
     let mut given = Vec::new();
     for o in overrides {
         let (name, uid) = o
