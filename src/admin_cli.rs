@@ -3,7 +3,6 @@
 //! 2 refused (a short password, two different entries) or a file that cannot be written.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -86,30 +85,15 @@ fn ask(prompt: &str) -> Result<String, String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-/// Temporary file, fsync, rename, directory fsync; 0640 in the status service's group when it
-/// exists (on the box), so no other service can read the hash.
+/// Replaced atomically (the store's `write_atomically_as`), 0640 from its creation, in the status
+/// service's group when it exists (on the box) and we are root: no other service reads the hash.
 fn write(path: &Path, line: &str) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(".admin.credential.tmp");
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o640))?;
-        let group = drimbox::supervisor::sandbox::lookup_group(
-            &drimbox::supervisor::sandbox::service_user("status"),
-        );
-        // SAFETY: geteuid has no preconditions. Only root may give the file to that group.
-        let root = unsafe { libc::geteuid() } == 0;
-        if let Some(g) = group.filter(|_| root) {
-            std::os::unix::fs::fchown(&f, None, Some(g))?;
-        }
-        f.write_all(line.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    // SAFETY: geteuid has no preconditions. Only root may give the file to that group.
+    let root = unsafe { libc::geteuid() } == 0;
+    let group = drimbox::supervisor::sandbox::lookup_group(
+        &drimbox::supervisor::sandbox::service_user("status"),
+    )
+    .filter(|_| root);
+    drimbox::archive::store::write_atomically_as(path, line.as_bytes(), Some(0o640), group)
 }

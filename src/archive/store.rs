@@ -93,7 +93,20 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// Replaces `path` with `bytes` so that a crash leaves either the old file or the new one,
 /// whole: a temporary file beside it, fsync, rename over, fsync of the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomically_as(path, bytes, None, None)
+}
+
+/// [`write_atomically`], the file given `mode` before a byte is written (a secret is never
+/// readable by more than it should, even as a temporary file) and handed to `group` when it is
+/// not born in it (chown(2) only where needed: the OTA units' seccomp filter forbids it).
+pub fn write_atomically_as(
+    path: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+    group: Option<u32>,
+) -> io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no parent directory"))?;
@@ -103,6 +116,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     let written = (|| {
         let mut f = File::create(&tmp)?;
+        if let Some(m) = mode {
+            f.set_permissions(std::fs::Permissions::from_mode(m))?;
+        }
+        if let Some(g) = group {
+            if f.metadata()?.gid() != g {
+                std::os::unix::fs::fchown(&f, None, Some(g))?;
+            }
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;

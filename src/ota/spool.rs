@@ -147,34 +147,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Temporary file, fsync, rename, directory fsync; mode 0640, in `group` when given and not
-/// already (the installer's files must be the status service's group to be read by it).
+/// Replaced atomically (the store's `write_atomically_as`), mode 0640, in `group` when given:
+/// the installer's files must be the status service's group to be read by it.
 fn write_json<T: Serialize>(
     dir: &Path,
     name: &str,
     value: &T,
     group: Option<u32>,
 ) -> Result<(), SpoolError> {
-    use std::os::unix::fs::MetadataExt;
-    let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(name);
-    let written = (|| -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(value).map_err(io::Error::other)?)?;
-        f.set_permissions(fs::Permissions::from_mode(0o640))?;
-        if let Some(g) = group {
-            if f.metadata()?.gid() != g {
-                std::os::unix::fs::fchown(&f, None, Some(g))?;
-            }
-        }
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written.map_err(io_at(&path))
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| io_at(&path)(io::Error::other(e)))?;
+    crate::archive::store::write_atomically_as(&path, &bytes, Some(0o640), group)
+        .map_err(io_at(&path))
 }
 
 /// A request the installer cannot act on: its record (when readable) and why.
