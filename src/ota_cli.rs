@@ -64,6 +64,16 @@ impl Where {
     }
 }
 
+/// What a bundle is checked against: the pinned CAs and this box's compatible string.
+#[derive(clap::Args)]
+pub struct Trust {
+    /// Pinned CA certificates (PEM).
+    #[arg(long, default_value = KEYRING)]
+    keyring: PathBuf,
+    #[arg(long, default_value = drimbox::ota::COMPATIBLE)]
+    compatible: String,
+}
+
 #[derive(Subcommand)]
 pub enum OtaCmd {
     /// Make a signed update bundle (vendor side): RAUC verity layout, ECDSA P-256 CMS signature.
@@ -95,11 +105,8 @@ pub enum OtaCmd {
     /// without touching the box; print what it holds.
     Verify {
         bundle: PathBuf,
-        /// Pinned CA certificates (PEM).
-        #[arg(long, default_value = KEYRING)]
-        keyring: PathBuf,
-        #[arg(long, default_value = drimbox::ota::COMPATIBLE)]
-        compatible: String,
+        #[command(flatten)]
+        trust: Trust,
         /// Verify at this time (RFC 3339) instead of now.
         #[arg(long)]
         at: Option<String>,
@@ -107,10 +114,8 @@ pub enum OtaCmd {
     /// Install a bundle into the inactive slot; it boots on trial at the next boot.
     Install {
         bundle: PathBuf,
-        #[arg(long, default_value = KEYRING)]
-        keyring: PathBuf,
-        #[arg(long, default_value = drimbox::ota::COMPATIBLE)]
-        compatible: String,
+        #[command(flatten)]
+        trust: Trust,
         #[command(flatten)]
         at: Where,
         /// Reboot into the new slot once it is installed.
@@ -122,10 +127,8 @@ pub enum OtaCmd {
     InstallSpooled {
         #[arg(long, default_value = drimbox::config::DEFAULT_UPDATE_SPOOL)]
         spool: PathBuf,
-        #[arg(long, default_value = KEYRING)]
-        keyring: PathBuf,
-        #[arg(long, default_value = drimbox::ota::COMPATIBLE)]
-        compatible: String,
+        #[command(flatten)]
+        trust: Trust,
         #[command(flatten)]
         at: Where,
     },
@@ -204,25 +207,18 @@ pub fn run(cmd: OtaCmd) -> ExitCode {
             &key,
             &intermediate,
         ),
-        OtaCmd::Verify {
-            bundle,
-            keyring,
-            compatible,
-            at,
-        } => verify(&bundle, &keyring, &compatible, at.as_deref()),
+        OtaCmd::Verify { bundle, trust, at } => {
+            verify(&bundle, &trust.keyring, &trust.compatible, at.as_deref())
+        }
         OtaCmd::Install {
             bundle,
-            keyring,
-            compatible,
+            trust,
             at,
             reboot,
-        } => install_bundle(&bundle, &keyring, &compatible, &at, reboot),
-        OtaCmd::InstallSpooled {
-            spool,
-            keyring,
-            compatible,
-            at,
-        } => install_spooled(&spool, &keyring, &compatible, &at),
+        } => install_bundle(&bundle, &trust.keyring, &trust.compatible, &at, reboot),
+        OtaCmd::InstallSpooled { spool, trust, at } => {
+            install_spooled(&spool, &trust.keyring, &trust.compatible, &at)
+        }
         OtaCmd::Commit { at } => commit(&at),
         OtaCmd::Unhealthy { at, reboot } => unhealthy(&at, reboot),
         OtaCmd::Status { at } => status(&at),
