@@ -355,3 +355,55 @@ fn image_scripts_pass_shellcheck() {
         .unwrap_or_else(|e| panic!("shellcheck not runnable ({e}): apt-get install shellcheck"));
     assert!(o.status.success(), "shellcheck:\n{}", text(&o.stdout));
 }
+
+/// The ESP is mounted on demand and unmounted after 30 s idle (post-build.sh's fstab: a vfat
+/// left mounted is one a power cut can leave dirty). That expiry is a stop job on efi.mount, and
+/// systemd carries a stop to every unit that Requires= the mount (RequiresMountsFor= is one):
+/// an install that spends minutes on the slot without touching /efi would be killed mid-way.
+/// So a unit that uses the ESP wants and orders efi.mount, and never requires it.
+#[test]
+fn no_unit_requires_the_esp_that_expires() {
+    let post_build = fs::read_to_string(repo("buildroot/board/drimbox/post-build.sh")).unwrap();
+    let fstab = post_build
+        .lines()
+        .find(|l| l.starts_with("PARTLABEL=esp"))
+        .expect("post-build.sh writes the ESP's fstab line");
+    assert!(
+        fstab.contains("x-systemd.automount") && fstab.contains("x-systemd.idle-timeout="),
+        "the ESP is no longer an expiring automount ({fstab}): revisit this test"
+    );
+    let mut users = 0;
+    for unit in unit_files() {
+        let body = fs::read_to_string(&unit).unwrap();
+        let name = unit.file_name().unwrap().to_string_lossy().into_owned();
+        let directives: Vec<&str> = body.lines().map(str::trim).collect();
+        for line in &directives {
+            let required = line
+                .strip_prefix("RequiresMountsFor=")
+                .is_some_and(|paths| paths.split_whitespace().any(|p| p.starts_with("/efi")))
+                || (line.starts_with("Requires=") || line.starts_with("BindsTo="))
+                    && line.contains("efi.mount");
+            assert!(
+                !required,
+                "{name}: `{line}` would be stopped with the ESP's idle expiry"
+            );
+        }
+        let uses_esp = directives
+            .iter()
+            .any(|l| !l.starts_with('#') && (l.contains("/efi") || l.contains("efi.mount")));
+        if uses_esp {
+            users += 1;
+            for (key, want) in [("Wants=", "Wants=efi.mount"), ("After=", "After=efi.mount")] {
+                let has = directives.iter().any(|l| {
+                    l.strip_prefix(key)
+                        .is_some_and(|v| v.split_whitespace().any(|u| u == "efi.mount"))
+                });
+                assert!(has, "{name} uses the ESP but has no `{want}`");
+            }
+        }
+    }
+    assert!(
+        users >= 3,
+        "the commit, the spooled install and the unhealthy verdict use the ESP"
+    );
+}
