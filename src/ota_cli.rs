@@ -121,6 +121,10 @@ pub enum OtaCmd {
         /// Reboot into the new slot once it is installed.
         #[arg(long)]
         reboot: bool,
+        /// Print how far each phase is on stderr, one line per percent
+        /// ("progress: writing 37%").
+        #[arg(long)]
+        progress: bool,
     },
     /// Install what the status page's form spooled (drimbox-ota-spool.service): verified and
     /// installed like `install`; the outcome is recorded for the page, the spool emptied.
@@ -215,7 +219,15 @@ pub fn run(cmd: OtaCmd) -> ExitCode {
             trust,
             at,
             reboot,
-        } => install_bundle(&bundle, &trust.keyring, &trust.compatible, &at, reboot),
+            progress,
+        } => install_bundle(
+            &bundle,
+            &trust.keyring,
+            &trust.compatible,
+            &at,
+            reboot,
+            progress,
+        ),
         OtaCmd::InstallSpooled { spool, trust, at } => {
             install_spooled(&spool, &trust.keyring, &trust.compatible, &at)
         }
@@ -338,6 +350,7 @@ fn install_bundle(
     compatible: &str,
     at: &Where,
     reboot: bool,
+    progress: bool,
 ) -> ExitCode {
     let c = "install";
     let anchors = match certificates(keyring) {
@@ -348,7 +361,20 @@ fn install_bundle(
         Ok(r) => r,
         Err(e) => return usage(c, e),
     };
-    match install::install(&at.disk(), path, &anchors, now(), compatible, running) {
+    let mut watch = |phase: install::Phase, pct: u8| {
+        if progress {
+            eprintln!("progress: {} {pct}%", phase.name());
+        }
+    };
+    match install::install(
+        &at.disk(),
+        path,
+        &anchors,
+        now(),
+        compatible,
+        running,
+        &mut watch,
+    ) {
         Ok(i) => {
             println!("{}", installed_line(&i));
             record_state(&at.disk(), Some(running));
@@ -377,6 +403,10 @@ fn install_spooled(dir: &Path, keyring: &Path, compatible: &str, at: &Where) -> 
     let group = drimbox::supervisor::sandbox::lookup_group(
         &drimbox::supervisor::sandbox::service_user("status"),
     );
+    // First, so that the page never shows what a power cut left of the previous attempt.
+    if spool::pending(dir) {
+        let _ = spool::set_progress(dir, "verifying the upload");
+    }
     let (request, result) = match spool::take(dir) {
         Ok(None) => {
             println!("nothing spooled in {}", dir.display());
@@ -387,8 +417,20 @@ fn install_spooled(dir: &Path, keyring: &Path, compatible: &str, at: &Where) -> 
             let result = (|| {
                 let anchors = certificates(keyring).map_err(|e| (false, e))?;
                 let running = at.running().map_err(|e| (false, e))?;
-                let i = install::install(&at.disk(), &bundle, &anchors, now(), compatible, running)
-                    .map_err(|e| (is_refusal(&e), e.to_string()))?;
+                // The page polls the file; a failed write only costs it the percent.
+                let mut watch = |phase: install::Phase, pct: u8| {
+                    let _ = spool::set_progress(dir, &format!("{} {pct}%", phase.name()));
+                };
+                let i = install::install(
+                    &at.disk(),
+                    &bundle,
+                    &anchors,
+                    now(),
+                    compatible,
+                    running,
+                    &mut watch,
+                )
+                .map_err(|e| (is_refusal(&e), e.to_string()))?;
                 record_state(&at.disk(), Some(running));
                 Ok(installed_line(&i))
             })();

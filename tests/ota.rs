@@ -1260,7 +1260,11 @@ fn the_install_form_takes_a_bundle_from_the_administrator_and_the_installer_veri
         page.contains("id=\"notice\"") && page.contains("checks its signature"),
         "{page}"
     );
-    assert!(page.contains("being verified and installed"), "{page}");
+    assert_eq!(
+        page.matches("being verified and installed").count(),
+        1,
+        "said once on the page: {page}"
+    );
     assert_eq!(
         fs::read(spool.join("bundle")).unwrap(),
         fs::read(&bundle).unwrap()

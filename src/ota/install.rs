@@ -193,6 +193,62 @@ fn open_bundle(
     Ok((file, opened))
 }
 
+/// The long phases of an install, in order: the checking pass over the payload, the write of
+/// the slot (each block checked again), the read-back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Checking,
+    Writing,
+    ReadingBack,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Checking => "checking",
+            Phase::Writing => "writing",
+            Phase::ReadingBack => "reading-back",
+        }
+    }
+}
+
+/// Whoever watches an install (a terminal, the status page): told each time a phase passes a
+/// whole percent, 0 to 100.
+pub type Watch<'a> = &'a mut dyn FnMut(Phase, u8);
+
+/// Turns block indexes into the percents a [`Watch`] is told, once each.
+struct Percent<'w, 'a> {
+    watch: &'w mut Watch<'a>,
+    phase: Phase,
+    blocks: u64,
+    told: Option<u8>,
+}
+
+impl<'w, 'a> Percent<'w, 'a> {
+    fn new(watch: &'w mut Watch<'a>, phase: Phase, blocks: u64) -> Self {
+        let mut p = Percent {
+            watch,
+            phase,
+            blocks,
+            told: None,
+        };
+        p.done(0);
+        p
+    }
+
+    /// `done` blocks of the phase are behind it.
+    fn done(&mut self, done: u64) {
+        let pct = (done * 100)
+            .checked_div(self.blocks)
+            .unwrap_or(100)
+            .min(100) as u8;
+        if self.told != Some(pct) {
+            self.told = Some(pct);
+            (self.watch)(self.phase, pct);
+        }
+    }
+}
+
 /// What an install did.
 #[derive(Debug)]
 pub struct Installed {
@@ -208,7 +264,9 @@ pub struct Installed {
 /// and the image digest, slot size); then the
 /// target's old entry removed, the slot written block by block, each block checked against the
 /// signed tree before it is written, the tree after it, flushed, read back and checked again;
-/// the slot's kernel; and last the new entry, on trial, which is the commit point.
+/// the slot's kernel; and last the new entry, on trial, which is the commit point. `watch` is
+/// told how far each long phase is.
+#[allow(clippy::too_many_arguments)]
 pub fn install(
     disk: &Disk,
     path: &Path,
@@ -216,6 +274,7 @@ pub fn install(
     at: i64,
     compatible: &str,
     running: Slot,
+    mut watch: Watch,
 ) -> Result<Installed, InstallError> {
     let (file, opened) = open_bundle(path, anchors, at, compatible)?;
     let state = boot::read(&disk.esp)?;
@@ -250,7 +309,9 @@ pub fn install(
     let steps = state.plan_install(running, &floor, &update)?;
     // A whole pass over the payload first, so that a tampered block is refused before the
     // first write; the writing pass checks every block again (the file could change between).
-    bundle::check_payload(&opened, read_at(&file), |_, _| {})?;
+    let blocks = opened.payload_len / BLOCK as u64;
+    let mut checking = Percent::new(&mut watch, Phase::Checking, blocks);
+    bundle::check_payload(&opened, read_at(&file), |index, _| checking.done(index + 1))?;
 
     let mut slot = fs::OpenOptions::new()
         .read(true)
@@ -272,7 +333,7 @@ pub fn install(
     for step in &steps {
         match step {
             Step::WriteImage(s) => {
-                write_slot(&opened, &file, &mut slot, slot_path, *s)?;
+                write_slot(&opened, &file, &mut slot, slot_path, *s, &mut watch)?;
                 copy_kernel(&disk.esp, running, *s)?;
             }
             Step::WriteEntry { name, .. } => {
@@ -300,12 +361,16 @@ fn write_slot(
     slot: &mut fs::File,
     slot_path: &Path,
     target: Slot,
+    watch: &mut Watch,
 ) -> Result<(), InstallError> {
+    let blocks = opened.payload_len / BLOCK as u64;
     let mut write_error = None;
+    let mut writing = Percent::new(watch, Phase::Writing, blocks);
     bundle::check_payload(opened, read_at(bundle), |index, block| {
         if write_error.is_none() {
             write_error = slot.write_all_at(block, index * BLOCK as u64).err();
         }
+        writing.done(index + 1);
     })?;
     if let Some(e) = write_error {
         return Err(io(slot_path)(e));
@@ -315,9 +380,11 @@ fn write_slot(
     slot.sync_all().map_err(io(slot_path))?;
     // Read back what the device holds, not what was handed to it.
     let mut block = vec![0; BLOCK];
-    for index in 0..opened.payload_len / BLOCK as u64 {
+    let mut reading = Percent::new(watch, Phase::ReadingBack, blocks);
+    for index in 0..blocks {
         slot.read_exact_at(&mut block, index * BLOCK as u64)
             .map_err(io(slot_path))?;
+        reading.done(index + 1);
         if !opened.check_block(index, &block) {
             return Err(InstallError::ReadBack {
                 slot: target,
@@ -386,6 +453,24 @@ mod tests {
         assert_eq!(disk.partuuid_a, "ddc28169-cfdc-482a-9883-c2d4255377c1");
         assert_eq!(disk.partuuid_b, "dec92204-1190-4600-98e8-2e6e025a3fe4");
         assert_eq!(genimage_partuuid("partition x {\n}\n", "x"), None);
+    }
+
+    #[test]
+    fn a_watch_is_told_every_percent_once_in_order() {
+        let mut told = Vec::new();
+        let mut record = |phase: Phase, pct: u8| told.push((phase, pct));
+        let mut watch: Watch = &mut record;
+        let mut p = Percent::new(&mut watch, Phase::Writing, 250);
+        for done in 1..=250 {
+            p.done(done);
+        }
+        let mut empty = Percent::new(&mut watch, Phase::ReadingBack, 0);
+        empty.done(0);
+        let want: Vec<(Phase, u8)> = (0..=100)
+            .map(|pct| (Phase::Writing, pct))
+            .chain([(Phase::ReadingBack, 100)])
+            .collect();
+        assert_eq!(told, want);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! same; its presence is the request), then the installer's `last.json` and the removal of the
 //! other two. A power cut leaves either no request (the upload is answered with an error or
 //! never answered; a leftover temporary file is removed by the next upload) or a complete one.
+//! While it works the installer keeps `progress` up to date for the page ("writing 37%").
 
 use std::fs;
 use std::io::{self, Write};
@@ -23,7 +24,9 @@ use sha2::{Digest, Sha256};
 pub const BUNDLE: &str = "bundle";
 pub const REQUEST: &str = "request.json";
 pub const LAST: &str = "last.json";
+pub const PROGRESS: &str = "progress";
 const INCOMING: &str = ".incoming.tmp";
+const PROGRESS_TMP: &str = ".progress.tmp";
 
 /// What the status service hands over with a bundle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +67,28 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
 /// installer will say what is wrong with it).
 pub fn pending(dir: &Path) -> bool {
     dir.join(REQUEST).exists()
+}
+
+/// Tells the page how far the installer is with the pending request. Advisory, so written and
+/// renamed but not flushed: a power cut may leave an older line, which the next installer
+/// replaces as it starts. The spool's setgid group makes it the status service's to read.
+pub fn set_progress(dir: &Path, line: &str) -> Result<(), SpoolError> {
+    let tmp = dir.join(PROGRESS_TMP);
+    fs::write(&tmp, format!("{line}\n")).map_err(io_at(&tmp))?;
+    let path = dir.join(PROGRESS);
+    fs::rename(&tmp, &path).map_err(io_at(&path))
+}
+
+/// The installer's last progress line while a request is pending (none otherwise, nor when
+/// unreadable or not one short line of text).
+pub fn progress(dir: &Path) -> Option<String> {
+    if !pending(dir) {
+        return None;
+    }
+    let text = fs::read_to_string(dir.join(PROGRESS)).ok()?;
+    let line = text.strip_suffix('\n')?;
+    (line.len() <= 80 && !line.contains('\n') && line.chars().all(|c| !c.is_control()))
+        .then(|| line.to_string())
 }
 
 /// An upload being written to the spool: a temporary file and its running hash. Dropped
@@ -214,7 +239,7 @@ pub fn take(dir: &Path) -> Result<Option<Taken>, Unusable> {
 /// temporary file removed), so the path unit does not start the installer again.
 pub fn finish(dir: &Path, outcome: &Outcome, group: Option<u32>) -> Result<(), SpoolError> {
     write_json(dir, LAST, outcome, group)?;
-    for name in [BUNDLE, REQUEST] {
+    for name in [BUNDLE, REQUEST, PROGRESS] {
         let p = dir.join(name);
         match fs::remove_file(&p) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(SpoolError::Io(p, e)),
@@ -271,6 +296,12 @@ mod tests {
         let (req, bundle) = take(d.path()).unwrap().unwrap();
         assert_eq!(req, r);
         assert_eq!(fs::read(&bundle).unwrap(), b"a whole bundle");
+        assert_eq!(progress(d.path()), None);
+        set_progress(d.path(), "writing 37%").unwrap();
+        assert_eq!(progress(d.path()).as_deref(), Some("writing 37%"));
+        fs::write(d.path().join(PROGRESS), "two\nlines\n").unwrap();
+        assert_eq!(progress(d.path()), None, "not one line: not shown");
+        set_progress(d.path(), "reading-back 2%").unwrap();
         let outcome = Outcome {
             request: req,
             finished_at_ms: 2000,
@@ -280,6 +311,8 @@ mod tests {
         finish(d.path(), &outcome, None).unwrap();
         assert!(!pending(d.path()));
         assert!(!bundle.exists());
+        assert!(!d.path().join(PROGRESS).exists(), "the progress ends with the request");
+        assert_eq!(progress(d.path()), None);
         assert_eq!(last(d.path()).unwrap(), Some(outcome));
         assert_eq!(take(d.path()).unwrap(), None);
     }

@@ -144,9 +144,11 @@ pub fn collect(config: &Config) -> Snapshot {
     let (section, mut ota_reasons) =
         ota_section(crate::ota::report::read(&config.status.update_state));
     snapshot.ota = section;
+    let spool = &config.status.update_spool;
     snapshot.ota.details.extend(upload_lines(
-        crate::ota::spool::pending(&config.status.update_spool),
-        &crate::ota::spool::last(&config.status.update_spool),
+        crate::ota::spool::pending(spool),
+        crate::ota::spool::progress(spool).as_deref(),
+        &crate::ota::spool::last(spool),
     ));
     let mut reasons = reasons;
     reasons.append(&mut ota_reasons);
@@ -227,14 +229,20 @@ pub fn ota_section(
     }
 }
 
-/// What the install form's last upload became (the OTA section's last lines).
+/// The pending upload with how far its installer is, and what the last one became (the OTA
+/// section's last lines).
 pub fn upload_lines(
     pending: bool,
+    progress: Option<&str>,
     last: &Result<Option<crate::ota::spool::Outcome>, String>,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    if pending {
-        out.push("an uploaded update is being verified and installed".into());
+    match (pending, progress) {
+        (true, Some(p)) => out.push(format!(
+            "an uploaded update is being verified and installed: {p}"
+        )),
+        (true, None) => out.push("an uploaded update is being verified and installed".into()),
+        (false, _) => {}
     }
     match last {
         Ok(Some(o)) => out.push(format!(

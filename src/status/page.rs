@@ -273,14 +273,10 @@ pub fn render_html(s: &Snapshot) -> String {
     h
 }
 
-/// `/update`: the update state, the last upload's outcome and the install form (the
+/// `/update`: the update state with the uploads' lines ([`super::upload_lines`], already in
+/// `ota`) and the install form, or while an upload is pending a word to wait (the
 /// administrator's page; hooks `data-section="ota"`, `id="notice"`, `form#install`).
-pub fn render_update(
-    ota: &Section,
-    pending: bool,
-    last: &Result<Option<crate::ota::spool::Outcome>, String>,
-    notice: Option<&str>,
-) -> String {
+pub fn render_update(ota: &Section, pending: bool, notice: Option<&str>) -> String {
     let mut h = String::with_capacity(8 * 1024);
     let _ = write!(
         h,
@@ -301,9 +297,7 @@ pub fn render_update(
             escape(n)
         );
     }
-    let mut section = ota.clone();
-    section.details.extend(super::upload_lines(pending, last));
-    render_section(&mut h, "ota", "OTA updates", &section);
+    render_section(&mut h, "ota", "OTA updates", ota);
     h.push_str(
         "<section class=\"card\">\n<h2>Bundle</h2>\n\
          <p>A signed update bundle (<code>.raucb</code>) from the vendor. It is written into the \

@@ -206,13 +206,12 @@ pub fn gate(config: &Config, admin: &Admin, head: &Head, now_ms: i64) -> Result<
 pub fn form_page(config: &Config, notice: Option<&str>) -> Reply {
     let ota = super::collect(config).ota;
     let dir = &config.status.update_spool;
-    let last = spool::last(dir);
     (
         (
             200,
             "OK",
             "text/html; charset=utf-8",
-            page::render_update(&ota, spool::pending(dir), &last, notice).into_bytes(),
+            page::render_update(&ota, spool::pending(dir), notice).into_bytes(),
         ),
         String::new(),
     )
