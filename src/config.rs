@@ -29,6 +29,10 @@ pub struct Config {
     pub whitelist: WhitelistConfig,
     /// WADO-RS for consumer DRIMboxes; None: not served.
     pub wado: Option<WadoConfig>,
+    /// The box's own settings (`site = ...`), layered over this file by [`Config::read`]; and
+    /// whether that file was there and merged.
+    pub site: Option<PathBuf>,
+    pub site_merged: bool,
 }
 
 /// The WADO-RS server (DRIM-M §4.3): HTTPS with a client certificate required.
@@ -325,40 +329,137 @@ fn list(problems: &[Problem]) -> String {
     format!("{} problem(s){}", problems.len(), lines.concat())
 }
 
+/// One TOML file's table; its syntax errors as the problem list of that file.
+fn read_table(path: &Path) -> Result<Option<toml::Table>, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    parse_table(&text)
+        .map(Some)
+        .map_err(|problem| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: vec![problem],
+        })
+}
+
+fn parse_table(text: &str) -> Result<toml::Table, Problem> {
+    text.parse().map_err(|e: toml::de::Error| Problem {
+        key: String::new(),
+        message: format!("not valid TOML: {}", e.message().trim()),
+    })
+}
+
+/// `over` laid on `base`: tables merged key by key, at every depth; any other value (a string,
+/// a list) replaced whole, so a list in the site file is the list, not an addition.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Whether the problem's key (`dicom.calling_ae_titles[1]`, `publication.dmp.url`, a section)
+/// is one the table sets, or lies under a value it sets.
+fn sets(table: &toml::Table, key: &str) -> bool {
+    let mut at = table;
+    for part in key.split('.') {
+        let name = part.split('[').next().unwrap_or(part);
+        match at.get(name) {
+            Some(toml::Value::Table(t)) => at = t,
+            Some(_) => return true,
+            None => return false,
+        }
+    }
+    !key.is_empty()
+}
+
 impl Config {
     /// Reads and validates a configuration file, including the checks that touch the machine
     /// (directories writable, TLS files readable).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let invalid = |problems| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        };
-        let config = Config::parse(&text).map_err(invalid)?;
+        let config = Config::read(path)?;
         let problems = config.check_environment();
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(invalid(problems))
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
         }
     }
 
-    /// Pure part of validation: syntax, types, ranges, unknown keys, port clashes.
-    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-        let root: toml::Table = match text.parse() {
-            Ok(t) => t,
-            Err(e) => {
-                return Err(vec![Problem {
-                    key: String::new(),
-                    message: format!("not valid TOML: {}", e.message().trim()),
-                }])
-            }
+    /// Reads a configuration file and the site file it names (`site = "/data/config/..."`),
+    /// merged ([`merge`]: the site's keys replace the file's), and validates the result without
+    /// touching the machine. On the box the file is the image's, read-only and replaced by every
+    /// update; the site file on /data is the box's own (its DMP, certificates, AE titles), kept
+    /// across updates and checked again by each new image's binary before the update commits.
+    /// No site file is no error (a box not yet configured runs on the image's defaults); a
+    /// problem with a key the site file sets names that file.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        let mut root = read_table(path)?.ok_or_else(|| ConfigError::Read {
+            path: path.to_owned(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        let site = match root.get("site") {
+            Some(toml::Value::String(s)) if Path::new(s).is_absolute() => Some(PathBuf::from(s)),
+            _ => None, // the parse below names what is wrong with it
         };
+        let mut from_site = None;
+        if let Some(site) = &site {
+            if let Some(over) = read_table(site)? {
+                if over.contains_key("site") {
+                    return Err(ConfigError::Invalid {
+                        path: site.clone(),
+                        problems: vec![Problem {
+                            key: "site".into(),
+                            message: format!(
+                                "is set only in {} (a site file does not name another)",
+                                path.display()
+                            ),
+                        }],
+                    });
+                }
+                merge(&mut root, over.clone());
+                from_site = Some(over);
+            }
+        }
+        let mut config = Config::from_table(root).map_err(|mut problems| {
+            if let (Some(over), Some(site)) = (&from_site, &site) {
+                for p in problems.iter_mut().filter(|p| sets(over, &p.key)) {
+                    p.message = format!("{} (set in {})", p.message, site.display());
+                }
+            }
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            }
+        })?;
+        config.site_merged = from_site.is_some();
+        Ok(config)
+    }
+
+    /// Pure part of validation: syntax, types, ranges, unknown keys, port clashes, of one
+    /// file's text (a `site` key is recorded, not followed: [`Config::read`] does that).
+    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        Config::from_table(parse_table(text).map_err(|p| vec![p])?)
+    }
+
+    fn from_table(root: toml::Table) -> Result<Config, Vec<Problem>> {
         let mut r = Reader::default();
         let mut root = r.root(root);
+        let site = r.opt_path(&mut root, "", "site");
 
         let mut storage = r.section(&mut root, "storage");
         let data_dir = r.req_path(&mut storage, "storage", "data_dir");
@@ -620,6 +721,8 @@ impl Config {
             dmp,
             whitelist,
             wado,
+            site,
+            site_merged: false,
         })
     }
 
@@ -1629,5 +1732,131 @@ mod tests {
         c.storage.run_dir = PathBuf::from("/proc/drimbox-run");
         let problems = c.check_environment();
         assert_eq!(keys(&problems), ["storage.data_dir", "storage.run_dir"]);
+    }
+
+    /// The image's file (naming a site file in the same directory) and, if given, the site file.
+    fn image_and_site(site: Option<&str>) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("drimbox.toml");
+        let site_path = dir.path().join("site.toml");
+        std::fs::write(
+            &image,
+            format!(
+                "site = \"{}\"\n[storage]\ndata_dir = \"/d\"\n[dicom]\nport = 104\n\
+                 calling_ae_titles = [\"CT1\", \"MR1\"]\n",
+                site_path.display()
+            ),
+        )
+        .unwrap();
+        if let Some(text) = site {
+            std::fs::write(&site_path, text).unwrap();
+        }
+        (dir, image, site_path)
+    }
+
+    #[test]
+    fn without_its_site_file_the_image_file_is_the_configuration() {
+        let (_dir, image, site) = image_and_site(None);
+        let c = Config::read(&image).unwrap();
+        assert_eq!(
+            (c.site.as_deref(), c.site_merged),
+            (Some(site.as_path()), false)
+        );
+        assert_eq!((c.dicom.port, c.dicom.ae_title.as_str()), (104, "DRIMBOX"));
+        let plain = Config::parse("[storage]\ndata_dir = \"/d\"\n").unwrap();
+        assert_eq!((plain.site, plain.site_merged), (None, false));
+    }
+
+    #[test]
+    fn the_site_file_replaces_keys_and_lists_and_adds_sections() {
+        let (_dir, image, _site) = image_and_site(Some(
+            "[dicom]\nae_title = \"CABINET_X\"\ncalling_ae_titles = [\"US1\"]\n\
+             [archive]\nstable_after_seconds = 30\n",
+        ));
+        let c = Config::read(&image).unwrap();
+        assert!(c.site_merged);
+        assert_eq!(c.dicom.ae_title, "CABINET_X");
+        assert_eq!(
+            c.dicom.port, 104,
+            "a key the site file does not set stays the image's"
+        );
+        assert_eq!(
+            c.dicom.calling_ae_titles,
+            ["US1"],
+            "a list is replaced, not extended"
+        );
+        assert_eq!(c.archive.stable_after, Duration::from_secs(30));
+        assert_eq!(c.storage.data_dir, PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn a_problem_the_site_file_brings_names_that_file() {
+        let (_dir, image, site) = image_and_site(Some(
+            "[dicom]\nae_title = \"MUCH TOO LONG AE TITLE\"\ncolour = 1\n[storage]\nrun_dir = \"rel\"\n",
+        ));
+        let ConfigError::Invalid { path, problems } = Config::read(&image).unwrap_err() else {
+            panic!("not an Invalid");
+        };
+        assert_eq!(path, image);
+        let mut named: Vec<(&str, bool)> = problems
+            .iter()
+            .map(|p| {
+                (
+                    p.key.as_str(),
+                    p.message.ends_with(&format!("(set in {})", site.display())),
+                )
+            })
+            .collect();
+        named.sort();
+        assert_eq!(
+            named,
+            [
+                ("dicom.ae_title", true),
+                ("dicom.colour", true),
+                ("storage.run_dir", true)
+            ]
+        );
+        // A problem of the image's own keys does not blame the site file.
+        let (_dir, image, _site) = image_and_site(Some("[dicom]\nmax_pdu = 1\n"));
+        let text = std::fs::read_to_string(&image).unwrap() + "[hl7]\nport = 104\n";
+        std::fs::write(&image, text).unwrap();
+        let ConfigError::Invalid { problems, .. } = Config::read(&image).unwrap_err() else {
+            panic!("not an Invalid");
+        };
+        let blamed: Vec<bool> = problems
+            .iter()
+            .map(|p| p.message.contains("(set in"))
+            .collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(blamed.iter().filter(|b| **b).count(), 1, "{problems:?}");
+    }
+
+    #[test]
+    fn a_site_file_that_cannot_be_used_is_refused_by_name() {
+        let (_dir, image, site) = image_and_site(Some("[dicom\n"));
+        let e = Config::read(&image).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { path, problems } if *path == site
+                && problems[0].message.starts_with("not valid TOML")),
+            "{e}"
+        );
+        let (_dir, image, site) = image_and_site(Some("site = \"/elsewhere.toml\"\n"));
+        let e = Config::read(&image).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { path, problems } if *path == site
+                && problems[0].key == "site"),
+            "{e}"
+        );
+        let problems =
+            Config::parse("site = \"relative.toml\"\n[storage]\ndata_dir = \"/d\"\n").unwrap_err();
+        assert_eq!(keys(&problems), ["site"]);
+        // Unreadable (a directory where the file should be): a read error naming it.
+        let (_dir, image, site) = image_and_site(None);
+        std::fs::create_dir(&site).unwrap();
+        let e = Config::read(&image).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Read { path, .. } if *path == site),
+            "{e}"
+        );
     }
 }

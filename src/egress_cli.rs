@@ -41,14 +41,8 @@ fn fail(m: impl std::fmt::Display) -> ExitCode {
 fn script(path: &Path, overrides: &[String]) -> Result<String, String> {
     // Parsed, not `load`ed: the filter needs the URLs only, and it is loaded early at boot, in a
     // unit that sees /data read-only (load's checks that directories are writable would fail).
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let config = Config::parse(&text).map_err(|problems| {
-        config::ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        }
-        .to_string()
-    })?;
+    // With the site file on /data: the unit is ordered after its mount.
+    let config = Config::read(path).map_err(|e| e.to_string())?;
     let mut given = Vec::new();
     for o in overrides {
         let (name, uid) = o

@@ -297,8 +297,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Config {
             command: ConfigCmd::Check { file },
         } => match Config::load(&file) {
-            Ok(_) => {
-                println!("{}: OK", file.display());
+            Ok(c) => {
+                match (&c.site, c.site_merged) {
+                    (Some(site), true) => println!("{} + {}: OK", file.display(), site.display()),
+                    (Some(site), false) => {
+                        println!("{}: OK (no site file {})", file.display(), site.display())
+                    }
+                    (None, _) => println!("{}: OK", file.display()),
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -662,14 +668,13 @@ fn demo(
 /// Parses a configuration file without the machine checks (`drimbox config check` does those):
 /// what the services and the administration commands read.
 fn parse_config(path: &Path) -> Result<Config> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Config::parse(&text).map_err(|p| {
-        anyhow::anyhow!(
+    Config::read(path).map_err(|e| match e {
+        config::ConfigError::Invalid { path, problems } => anyhow::anyhow!(
             "{}: {} problem(s), run `drimbox config check`",
             path.display(),
-            p.len()
-        )
+            problems.len()
+        ),
+        e => e.into(),
     })
 }
 

@@ -68,11 +68,74 @@ fn config_check_names_every_problem() {
 }
 
 #[test]
+fn config_check_reads_the_site_file_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let (image, site) = (
+        dir.path().join("drimbox.toml"),
+        dir.path().join("site.toml"),
+    );
+    fs::write(
+        &image,
+        format!(
+            "site = {:?}\n[storage]\ndata_dir = {:?}\n",
+            site.display().to_string(),
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let check = || {
+        let o = Command::new(bin())
+            .args(["config", "check"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        let out =
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        (o.status.success(), out)
+    };
+    let (ok, out) = check();
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.trim(),
+        format!("{}: OK (no site file {})", image.display(), site.display())
+    );
+    fs::write(&site, "[dicom]\nae_title = \"CABINET_X\"\n").unwrap();
+    let (ok, out) = check();
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.trim(),
+        format!("{} + {}: OK", image.display(), site.display())
+    );
+    fs::write(&site, "[dicom]\nport = \"104\"\n").unwrap();
+    let (ok, out) = check();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "dicom.port: must be an integer, not a string (set in {})",
+            site.display()
+        )),
+        "{out}"
+    );
+    fs::write(&site, "[dicom\n").unwrap();
+    let (ok, out) = check();
+    assert!(
+        !ok && out.starts_with(&format!("{}: ", site.display())),
+        "{out}"
+    );
+}
+
+#[test]
 fn the_annotated_example_configuration_is_valid() {
     let example = repo().join("overlay/etc/drimbox/drimbox.toml");
     let text = fs::read_to_string(&example).unwrap();
     let c = drimbox::config::Config::parse(&text).unwrap_or_else(|p| panic!("{p:?}"));
     assert_eq!(c.dicom.port, 104);
+    assert_eq!(
+        c.site.as_deref(),
+        Some(std::path::Path::new("/data/config/drimbox.toml"))
+    );
 }
 
 #[test]
