@@ -311,7 +311,10 @@ mod tests {
         finish(d.path(), &outcome, None).unwrap();
         assert!(!pending(d.path()));
         assert!(!bundle.exists());
-        assert!(!d.path().join(PROGRESS).exists(), "the progress ends with the request");
+        assert!(
+            !d.path().join(PROGRESS).exists(),
+            "the progress ends with the request"
+        );
         assert_eq!(progress(d.path()), None);
         assert_eq!(last(d.path()).unwrap(), Some(outcome));
         assert_eq!(take(d.path()).unwrap(), None);
