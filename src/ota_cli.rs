@@ -407,7 +407,10 @@ fn install_spooled(dir: &Path, keyring: &Path, compatible: &str, at: &Where) -> 
     if spool::pending(dir) {
         let _ = spool::set_progress(dir, "verifying the upload");
     }
-    let (request, result) = match spool::take(dir) {
+    let mut hashing = |phase: install::Phase, pct: u8| {
+        let _ = spool::set_progress(dir, &format!("{} {pct}%", phase.name()));
+    };
+    let (request, result) = match spool::take(dir, &mut hashing) {
         Ok(None) => {
             println!("nothing spooled in {}", dir.display());
             return ExitCode::SUCCESS;

@@ -193,10 +193,12 @@ fn open_bundle(
     Ok((file, opened))
 }
 
-/// The long phases of an install, in order: the checking pass over the payload, the write of
-/// the slot (each block checked again), the read-back.
+/// The long phases of an install, in order: for an uploaded bundle, its re-hash against the
+/// request ([`super::spool::take`]); the checking pass over the payload, the write of the slot
+/// (each block checked again), the read-back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    Hashing,
     Checking,
     Writing,
     ReadingBack,
@@ -205,6 +207,7 @@ pub enum Phase {
 impl Phase {
     pub fn name(self) -> &'static str {
         match self {
+            Phase::Hashing => "hashing",
             Phase::Checking => "checking",
             Phase::Writing => "writing",
             Phase::ReadingBack => "reading-back",
@@ -216,8 +219,8 @@ impl Phase {
 /// whole percent, 0 to 100.
 pub type Watch<'a> = &'a mut dyn FnMut(Phase, u8);
 
-/// Turns block indexes into the percents a [`Watch`] is told, once each.
-struct Percent<'w, 'a> {
+/// Turns a count of units done (blocks, bytes) into the percents a [`Watch`] is told, once each.
+pub(crate) struct Percent<'w, 'a> {
     watch: &'w mut Watch<'a>,
     phase: Phase,
     blocks: u64,
@@ -225,7 +228,7 @@ struct Percent<'w, 'a> {
 }
 
 impl<'w, 'a> Percent<'w, 'a> {
-    fn new(watch: &'w mut Watch<'a>, phase: Phase, blocks: u64) -> Self {
+    pub(crate) fn new(watch: &'w mut Watch<'a>, phase: Phase, blocks: u64) -> Self {
         let mut p = Percent {
             watch,
             phase,
@@ -236,8 +239,8 @@ impl<'w, 'a> Percent<'w, 'a> {
         p
     }
 
-    /// `done` blocks of the phase are behind it.
-    fn done(&mut self, done: u64) {
+    /// `done` units of the phase are behind it.
+    pub(crate) fn done(&mut self, done: u64) {
         let pct = (done * 100)
             .checked_div(self.blocks)
             .unwrap_or(100)

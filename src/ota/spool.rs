@@ -14,12 +14,14 @@
 //! While it works the installer keeps `progress` up to date for the page ("writing 37%").
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::install::{Percent, Phase, Watch};
 
 pub const BUNDLE: &str = "bundle";
 pub const REQUEST: &str = "request.json";
@@ -197,9 +199,10 @@ pub struct Unusable {
 pub type Taken = (Request, PathBuf);
 
 /// The installer's side: the request and the path of its bundle, checked against the hash
-/// the status service recorded. Err: a request that cannot be read, or a bundle that is not
-/// what was received (both end the request with that message).
-pub fn take(dir: &Path) -> Result<Option<Taken>, Unusable> {
+/// the status service recorded (`watch` told how far, [`Phase::Hashing`]). Err: a request that
+/// cannot be read, or a bundle that is not what was received (both end the request with that
+/// message).
+pub fn take(dir: &Path, mut watch: Watch) -> Result<Option<Taken>, Unusable> {
     let req_path = dir.join(REQUEST);
     let bytes = match fs::read(&req_path) {
         Ok(b) => b,
@@ -219,7 +222,20 @@ pub fn take(dir: &Path) -> Result<Option<Taken>, Unusable> {
     let digest = (|| -> io::Result<(String, u64)> {
         let mut f = fs::File::open(&bundle)?;
         let mut h = Sha256::new();
-        let n = io::copy(&mut f, &mut h)?;
+        let mut hashing = Percent::new(&mut watch, Phase::Hashing, request.size);
+        let mut buf = vec![0; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            let got = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            h.update(&buf[..got]);
+            n += got as u64;
+            hashing.done(n.min(request.size));
+        }
         Ok((hex(&h.finalize()), n))
     })();
     match digest {
@@ -293,7 +309,12 @@ mod tests {
         assert!(pending(d.path()));
         assert!(matches!(Incoming::begin(d.path()), Err(SpoolError::Busy)));
 
-        let (req, bundle) = take(d.path()).unwrap().unwrap();
+        let mut told = Vec::new();
+        let (req, bundle) = take(d.path(), &mut |p, pct| told.push((p, pct)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(told.first(), Some(&(Phase::Hashing, 0)));
+        assert_eq!(told.last(), Some(&(Phase::Hashing, 100)));
         assert_eq!(req, r);
         assert_eq!(fs::read(&bundle).unwrap(), b"a whole bundle");
         assert_eq!(progress(d.path()), None);
@@ -317,7 +338,7 @@ mod tests {
         );
         assert_eq!(progress(d.path()), None);
         assert_eq!(last(d.path()).unwrap(), Some(outcome));
-        assert_eq!(take(d.path()).unwrap(), None);
+        assert_eq!(take(d.path(), &mut |_, _| {}).unwrap(), None);
     }
 
     #[test]
@@ -327,7 +348,7 @@ mod tests {
         i.write_all(b"received").unwrap();
         i.commit(false, "x".into(), 1).unwrap();
         fs::write(d.path().join(BUNDLE), b"replaced").unwrap();
-        let Unusable { request, why } = take(d.path()).unwrap_err();
+        let Unusable { request, why } = take(d.path(), &mut |_, _| {}).unwrap_err();
         assert!(request.is_some());
         assert!(why.contains("not the one received"), "{why}");
     }
