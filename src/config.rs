@@ -450,6 +450,16 @@ impl Config {
         Ok(config)
     }
 
+    /// Which files this configuration came from, for `config check` and the supervisor's log:
+    /// "FILE + SITE", "FILE (no site file SITE)" or "FILE".
+    pub fn sources(&self, path: &Path) -> String {
+        match (&self.site, self.site_merged) {
+            (Some(site), true) => format!("{} + {}", path.display(), site.display()),
+            (Some(site), false) => format!("{} (no site file {})", path.display(), site.display()),
+            (None, _) => path.display().to_string(),
+        }
+    }
+
     /// Pure part of validation: syntax, types, ranges, unknown keys, port clashes, of one
     /// file's text (a `site` key is recorded, not followed: [`Config::read`] does that).
     pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {

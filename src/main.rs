@@ -298,13 +298,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: ConfigCmd::Check { file },
         } => match Config::load(&file) {
             Ok(c) => {
-                match (&c.site, c.site_merged) {
-                    (Some(site), true) => println!("{} + {}: OK", file.display(), site.display()),
-                    (Some(site), false) => {
-                        println!("{}: OK (no site file {})", file.display(), site.display())
-                    }
-                    (None, _) => println!("{}: OK", file.display()),
-                }
+                println!("{}: OK", c.sources(&file));
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {

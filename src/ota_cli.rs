@@ -407,10 +407,11 @@ fn install_spooled(dir: &Path, keyring: &Path, compatible: &str, at: &Where) -> 
     if spool::pending(dir) {
         let _ = spool::set_progress(dir, "verifying the upload");
     }
-    let mut hashing = |phase: install::Phase, pct: u8| {
+    // The page polls the file; a failed write only costs it the percent.
+    let mut watch = |phase: install::Phase, pct: u8| {
         let _ = spool::set_progress(dir, &format!("{} {pct}%", phase.name()));
     };
-    let (request, result) = match spool::take(dir, &mut hashing) {
+    let (request, result) = match spool::take(dir, &mut watch) {
         Ok(None) => {
             println!("nothing spooled in {}", dir.display());
             return ExitCode::SUCCESS;
@@ -420,10 +421,6 @@ fn install_spooled(dir: &Path, keyring: &Path, compatible: &str, at: &Where) -> 
             let result = (|| {
                 let anchors = certificates(keyring).map_err(|e| (false, e))?;
                 let running = at.running().map_err(|e| (false, e))?;
-                // The page polls the file; a failed write only costs it the percent.
-                let mut watch = |phase: install::Phase, pct: u8| {
-                    let _ = spool::set_progress(dir, &format!("{} {pct}%", phase.name()));
-                };
                 let i = install::install(
                     &at.disk(),
                     &bundle,

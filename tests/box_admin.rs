@@ -99,7 +99,7 @@ fn config_check_reads_the_site_file_and_names_it() {
     assert!(ok, "{out}");
     assert_eq!(
         out.trim(),
-        format!("{}: OK (no site file {})", image.display(), site.display())
+        format!("{} (no site file {}): OK", image.display(), site.display())
     );
     fs::write(&site, "[dicom]\nae_title = \"CABINET_X\"\n").unwrap();
     let (ok, out) = check();

@@ -203,16 +203,7 @@ impl Supervisor {
     /// Before any service starts: who runs as whom, the directories with their owners, and
     /// the listening sockets.
     fn prepare(&mut self) -> Result<(), SupervisorError> {
-        match (&self.config.site, self.config.site_merged) {
-            (Some(site), true) => {
-                log::info!("configuration: the site file {} merged", site.display())
-            }
-            (Some(site), false) => log::info!(
-                "configuration: no site file {}, the image's settings only",
-                site.display()
-            ),
-            (None, _) => {}
-        }
+        log::info!("configuration: {}", self.config.sources(&self.config_path));
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if root && self.config.supervisor.run_as_service_users {
