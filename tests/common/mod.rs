@@ -31,12 +31,35 @@ pub fn shared() -> PathBuf {
     p
 }
 
+/// A port nothing listens on, below Linux's ephemeral range (32768-60999). A port the kernel
+/// handed out (bind to 0) is an ephemeral one: the next outgoing connection of any test may take
+/// it before the box binds it, and a test that polls `connect` to it while nothing listens can
+/// even connect to itself (TCP simultaneous open), holding the port the box then fails to bind
+/// ("Address already in use"). Below the range only another test's `free_port` could take it:
+/// each test process walks the range from its own starting point, and checks the port is free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // One starting point per test process: its successive ports never repeat (7919 is prime
+    // to SPAN), so two tests of one process never share one.
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let seed = *START.get_or_init(|| {
+        std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+    });
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (seed.wrapping_add(step.wrapping_mul(7_919))) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port in {LOW}-{}", LOW + SPAN - 1)
 }
 
 /// Settings a test may change; everything else is the box's default.
