@@ -38,23 +38,23 @@ pub fn shared() -> PathBuf {
 /// ("Address already in use"). Below the range only another test's `free_port` could take it:
 /// each test process walks the range from its own starting point, and checks the port is free.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    // One starting point per test process: its successive ports never repeat (7919 is prime
-    // to SPAN), so two tests of one process never share one.
-    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let seed = *START.get_or_init(|| {
-        std::process::id().wrapping_mul(2_654_435_761)
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0)
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const LOW: u64 = 20_000;
+    const SPAN: u64 = 12_000;
+    // One starting point per test process; its successive ports never repeat within SPAN
+    // calls (7919 is prime to SPAN), so two tests of one process never share one.
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        ((u64::from(std::process::id()) * 2_654_435_761) ^ u64::from(nanos)) % SPAN
     });
     for _ in 0..SPAN {
         let step = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (LOW + (seed.wrapping_add(step.wrapping_mul(7_919))) % SPAN) as u16;
+        let port = (LOW + (start + step * 7_919) % SPAN) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
