@@ -8,6 +8,7 @@
 
 pub mod db;
 pub mod exams;
+mod flush;
 pub mod model;
 pub mod recovery;
 pub mod retrieve;
@@ -345,6 +346,7 @@ fn writer_loop(
     alive: &AtomicI64,
 ) {
     let mut last_settle = 0i64;
+    let mut flushers = flush::Flushers::spawn();
     // First versions of the last round, durable and acknowledged: their in-doubt marks go with
     // the next commit, or with a commit of their own once the queue is idle.
     let mut settled: Vec<String> = Vec::new();
@@ -360,7 +362,13 @@ fn writer_loop(
                         Err(_) => break,
                     }
                 }
-                settled = register_batch(db, layout, batch, std::mem::take(&mut settled));
+                settled = register_batch(
+                    db,
+                    layout,
+                    &mut flushers,
+                    batch,
+                    std::mem::take(&mut settled),
+                );
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if !settled.is_empty() {
@@ -398,7 +406,13 @@ fn writer_loop(
 /// received them and the index are flushed side by side (see "Crash consistency" in
 /// ARCHITECTURE.md), with the rows marked in doubt until the round is known complete.
 /// Returns the first versions now durable, whose marks the next commit clears.
-fn register_batch(db: &Db, layout: &Layout, batch: Vec<Job>, clear: Vec<String>) -> Vec<String> {
+fn register_batch(
+    db: &Db,
+    layout: &Layout,
+    flushers: &mut flush::Flushers,
+    batch: Vec<Job>,
+    clear: Vec<String>,
+) -> Vec<String> {
     let now = now_ms();
     let txn = match db.begin_write() {
         Ok(t) => t,
@@ -434,7 +448,7 @@ fn register_batch(db: &Db, layout: &Layout, batch: Vec<Job>, clear: Vec<String>)
     }
     let outcome = match fatal {
         Some(f) => Err((f, false)),
-        None => flush_round(txn, &round),
+        None => flush_round(txn, &round, flushers),
     };
     match outcome {
         Ok(()) => {
@@ -483,28 +497,22 @@ struct Round {
     in_doubt: Vec<String>,
 }
 
-/// Flushes a round: every file, every touched directory and the index commit at once, each in
-/// its own thread, so the filesystem can fold them into one journal commit. Nothing is answered
-/// before all have succeeded. `Err((_, true))`: the index committed but a flush failed.
-fn flush_round(txn: redb::WriteTransaction, round: &Round) -> Result<(), (ArchiveFailure, bool)> {
+/// Flushes a round: every file, every touched directory and the index commit at once, the
+/// first two on the flush helpers, so the filesystem can fold them into one journal commit.
+/// Nothing is answered before all have succeeded. `Err((_, true))`: the index committed but a
+/// flush failed.
+fn flush_round(
+    txn: redb::WriteTransaction,
+    round: &Round,
+    flushers: &mut flush::Flushers,
+) -> Result<(), (ArchiveFailure, bool)> {
     let flush_failure =
         |e: io::Error| failure(FailureKind::Resources, format!("fsync of store: {e}"));
-    let (files, dirs, committed) = std::thread::scope(|s| {
-        let files = s.spawn(|| {
-            round
-                .files
-                .iter()
-                .try_for_each(|f| fs::File::open(f)?.sync_all())
-        });
-        let dirs = s.spawn(|| round.dirs.iter().try_for_each(|d| fsync_dir(d)));
-        let committed = txn.commit().map_err(db_failure);
-        let panicked = || Err(io::Error::other("flush thread panicked"));
-        (
-            files.join().unwrap_or_else(|_| panicked()),
-            dirs.join().unwrap_or_else(|_| panicked()),
-            committed,
-        )
-    });
+    let (files, dirs) = flushers.start(round.files.clone(), round.dirs.iter().cloned().collect());
+    let committed = txn.commit().map_err(db_failure);
+    // Both helpers are waited for whatever the commit did: the next round must not start
+    // while this one's flushes are still running.
+    let (files, dirs) = (files.wait(), dirs.wait());
     committed.map_err(|f| (f, false))?;
     files.map_err(|e| (flush_failure(e), true))?;
     dirs.map_err(|e| (flush_failure(e), true))
