@@ -3,6 +3,8 @@
 //! One thread per association (bounded by `dicom.max_associations`), on dicom-ul's synchronous
 //! association: each association is a strict request/response loop, so a thread with socket
 //! timeouts is the simplest correct shape, and it keeps file writes off any async runtime.
+//! dicom-ul negotiates the association and sends; the data phase is read by `pdu_reader`, which
+//! hands each PDV's data out of one reusable buffer instead of copying it twice.
 //!
 //! An instance's data set is streamed, PDV by PDV, into a staging file behind the Part 10 header;
 //! memory per association is one PDU. When the last fragment is in: parse up to Pixel Data, check
@@ -31,6 +33,7 @@ use sha2::{Digest, Sha256};
 use super::dimse::{self, status, Command};
 use super::inspect::inspect_file;
 use super::part10::file_meta;
+use super::pdu_reader::{Event, PduError, PduReader};
 use super::sop_classes;
 use crate::archive::recovery::hex;
 use crate::archive::store::Layout;
@@ -81,6 +84,8 @@ struct Shared {
     staging: PathBuf,
     active: AtomicUsize,
     max_associations: usize,
+    /// The maximum PDU length announced to peers.
+    max_pdu: u32,
     seq: AtomicU64,
     /// Counters for the supervisor's health channel (and so the status page).
     associations: AtomicU64,
@@ -119,6 +124,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), ReceiverError> 
         staging: Layout::new(&config.storage.data_dir).staging(),
         active: AtomicUsize::new(0),
         max_associations: d.max_associations,
+        max_pdu: d.max_pdu,
         seq: AtomicU64::new(0),
         associations: AtomicU64::new(0),
         associations_rejected: AtomicU64::new(0),
@@ -349,39 +355,55 @@ where
     let mut command = Vec::new();
     let mut incoming: Option<Incoming> = None;
     let mut stored = 0u64;
+    // The data phase is read by our own PDU reader (see pdu_reader.rs); dicom-ul still
+    // negotiates, sends and aborts. Its own read buffer is empty here: a peer may send
+    // nothing after its A-ASSOCIATE-RQ before it has our A-ASSOCIATE-AC (PS3.8 9.2).
+    let mut reader = PduReader::new(shared.max_pdu);
     loop {
-        let pdu = match assoc.receive() {
-            Ok(p) => p,
+        let event = match reader.next(assoc.inner_stream()) {
+            Ok(e) => e,
+            Err(PduError::Closed) => {
+                log::warn!("association {}: connection closed by the peer", a.assoc_id);
+                return;
+            }
             Err(e) => {
-                log::warn!("association {}: {e}; closing", a.assoc_id);
+                log::warn!("association {}: {e}; aborting", a.assoc_id);
                 let _ = assoc.abort();
                 return;
             }
         };
-        match pdu {
-            Pdu::PData { data } => {
-                for pdv in data {
-                    match a.on_pdv(pdv, &mut command, &mut incoming) {
-                        Ok(Some(reply)) => {
-                            if reply.1 == status::SUCCESS && reply.0 == dimse::C_STORE_RSP {
-                                stored += 1;
-                            }
-                            if let Err(e) = send_command(&mut assoc, reply.2, &reply.3) {
-                                log::warn!("association {}: sending response: {e}", a.assoc_id);
-                                let _ = assoc.abort();
-                                return;
-                            }
+        match event {
+            Event::Pdv {
+                pc,
+                command: is_command,
+                last,
+            } => {
+                let piece = Fragment {
+                    pc,
+                    is_command,
+                    last,
+                    data: reader.data(),
+                };
+                match a.on_pdv(piece, &mut command, &mut incoming) {
+                    Ok(Some(reply)) => {
+                        if reply.1 == status::SUCCESS && reply.0 == dimse::C_STORE_RSP {
+                            stored += 1;
                         }
-                        Ok(None) => {}
-                        Err(why) => {
-                            log::warn!("association {}: {why}; aborting", a.assoc_id);
+                        if let Err(e) = send_command(&mut assoc, reply.2, &reply.3) {
+                            log::warn!("association {}: sending response: {e}", a.assoc_id);
                             let _ = assoc.abort();
                             return;
                         }
                     }
+                    Ok(None) => {}
+                    Err(why) => {
+                        log::warn!("association {}: {why}; aborting", a.assoc_id);
+                        let _ = assoc.abort();
+                        return;
+                    }
                 }
             }
-            Pdu::ReleaseRQ => {
+            Event::Other(Pdu::ReleaseRQ) => {
                 let _ = assoc.send(&Pdu::ReleaseRP);
                 log::info!(
                     "association {} released: {stored} instance(s) stored",
@@ -389,17 +411,26 @@ where
                 );
                 return;
             }
-            Pdu::AbortRQ { .. } => {
+            Event::Other(Pdu::AbortRQ { .. }) => {
                 log::warn!("association {} aborted by peer", a.assoc_id);
                 return;
             }
-            other => {
+            Event::Other(other) => {
                 log::warn!("association {}: unexpected PDU {other:?}", a.assoc_id);
                 let _ = assoc.abort();
                 return;
             }
         }
     }
+}
+
+/// One piece of a PDV, as the PDU reader handed it out.
+struct Fragment<'a> {
+    pc: u8,
+    is_command: bool,
+    /// The last piece of the last fragment of its command or data set.
+    last: bool,
+    data: &'a [u8],
 }
 
 /// (command field, status, presentation context id, command bytes)
@@ -424,49 +455,46 @@ where
 impl Association<'_> {
     fn on_pdv(
         &mut self,
-        pdv: PDataValue,
+        pdv: Fragment<'_>,
         command: &mut Vec<u8>,
         incoming: &mut Option<Incoming>,
     ) -> Result<Option<Reply>, String> {
-        match pdv.value_type {
-            PDataValueType::Command => {
-                if incoming.is_some() {
-                    return Err("command fragment while a data set is still expected".into());
-                }
-                if command.len() + pdv.data.len() > 64 * 1024 {
-                    return Err("command set larger than 64 KiB".into());
-                }
-                command.extend_from_slice(&pdv.data);
-                if !pdv.is_last {
-                    return Ok(None);
-                }
-                let cmd = Command::decode(command).map_err(|e| e.to_string())?;
-                command.clear();
-                self.on_command(cmd, pdv.presentation_context_id, incoming)
+        if pdv.is_command {
+            if incoming.is_some() {
+                return Err("command fragment while a data set is still expected".into());
             }
-            PDataValueType::Data => {
-                let Some(inc) = incoming.as_mut() else {
-                    return Err("data fragment without a command".into());
-                };
-                if inc.failed.is_none() {
-                    if let Some(f) = inc.file.as_mut() {
-                        match f.write_all(&pdv.data) {
-                            Ok(()) => {
-                                inc.hasher.update(&pdv.data);
-                                inc.written += pdv.data.len() as u64;
-                                inc.start_writeback();
-                            }
-                            Err(e) => inc.fail(status::OUT_OF_RESOURCES, storage_error(&e)),
+            if command.len() + pdv.data.len() > 64 * 1024 {
+                return Err("command set larger than 64 KiB".into());
+            }
+            command.extend_from_slice(pdv.data);
+            if !pdv.last {
+                return Ok(None);
+            }
+            let cmd = Command::decode(command).map_err(|e| e.to_string())?;
+            command.clear();
+            self.on_command(cmd, pdv.pc, incoming)
+        } else {
+            let Some(inc) = incoming.as_mut() else {
+                return Err("data fragment without a command".into());
+            };
+            if inc.failed.is_none() {
+                if let Some(f) = inc.file.as_mut() {
+                    match f.write_all(pdv.data) {
+                        Ok(()) => {
+                            inc.hasher.update(pdv.data);
+                            inc.written += pdv.data.len() as u64;
+                            inc.start_writeback();
                         }
+                        Err(e) => inc.fail(status::OUT_OF_RESOURCES, storage_error(&e)),
                     }
                 }
-                if !pdv.is_last {
-                    return Ok(None);
-                }
-                let inc = incoming.take().expect("checked");
-                let pc = pdv.presentation_context_id;
-                Ok(Some(self.finish(inc, pc)))
             }
+            if !pdv.last {
+                return Ok(None);
+            }
+            let inc = incoming.take().expect("checked");
+            let pc = pdv.pc;
+            Ok(Some(self.finish(inc, pc)))
         }
     }
 
